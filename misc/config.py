@@ -1,0 +1,387 @@
+"""Command-line flags -> one frozen `Config`.
+
+Defaults are the published (paper) settings; `--profile demo|smoke` swaps in smaller ones, and any
+flag given explicitly wins over the profile. Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+# Steps of one pass, in the order they run. The CDA pass repeats them from its own CAM network.
+PASS_STEPS = ('train_cam', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg')
+CDA_STEPS = ('make_object_bank',) + tuple(f'cda_{s}' for s in PASS_STEPS)
+ALL_STEPS = PASS_STEPS + CDA_STEPS
+
+
+def str2bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ('1', 'true', 't', 'yes', 'y', 'on'):
+        return True
+    if lowered in ('0', 'false', 'f', 'no', 'n', 'off'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected true or false, got {value!r}')
+
+
+def unit_float(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f'{value} is outside [0, 1]')
+    return number
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f'{value} must be a positive integer')
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f'{value} must be zero or more')
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f'{value} must be positive')
+    return number
+
+
+@dataclass(frozen=True)
+class Config:
+    # ---- where things are
+    work_dir: Path = Path('work_dir')
+    voc12_root: Optional[Path] = None          # None: generate the synthetic dataset under work_dir
+    sbd_root: Optional[Path] = None
+    train_list: Optional[str] = None           # a list file, or a split name; None: train_aug
+    val_list: Optional[str] = None             # None: Segmentation val
+    infer_list: Optional[str] = None           # None: Segmentation train
+    chainer_eval_set: str = 'train'            # the evaluation split (the reference's flag name)
+    stage: str = ''                            # '' for the baseline pass, 'cda' for the CDA pass
+    # ---- run control
+    profile: str = 'paper'
+    device: str = 'auto'
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = max(1, (os.cpu_count() or 2) // 2)
+    overwrite: bool = False
+    resume: bool = False
+    debug: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    pretrained: str = 'imagenet'               # imagenet | none | PATH to a torchvision state dict
+    backbone: str = 'resnet50'                 # resnet50 (the paper) | resnet18 (CPU demo)
+    # ---- CAM
+    cam_network: str = 'net.resnet50_cam'
+    cam_crop_size: int = 512
+    cam_resize_long: tuple[int, int] = (320, 640)
+    cam_batch_size: int = 16
+    cam_num_epoches: int = 5
+    cam_learning_rate: float = 0.1
+    cam_weight_decay: float = 1e-4
+    cam_eval_thres: float = 0.15
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    # ---- IR labels
+    conf_fg_thres: float = 0.30
+    conf_bg_thres: float = 0.05
+    # ---- IRN
+    irn_network: str = 'net.resnet50_irn'
+    irn_crop_size: int = 512
+    irn_rescale: tuple[float, float] = (0.5, 1.5)
+    irn_batch_size: int = 32
+    irn_num_epoches: int = 3
+    irn_learning_rate: float = 0.1
+    irn_weight_decay: float = 1e-4
+    # ---- random walk
+    beta: int = 10
+    exp_times: int = 8
+    sem_seg_bg_thres: float = 0.25
+    sweep: tuple[float, ...] = ()
+    # ---- CDA
+    cda_bank_source: Optional[Path] = None
+    cda_min_fg_ratio: float = 0.1
+    cda_max_fg_ratio: float = 0.7
+    cda_min_visible: float = 0.0
+    cda_schedule: str = 'quirk'                # quirk: the reference's half-length poly decay; full
+    cda_variant: str = 'rotate'                # rotate | scale | blur (the reference's three pastes)
+    # ---- synthetic dataset (used when voc12_root is None)
+    synthetic_n_train: int = 400
+    synthetic_n_val: int = 100
+    synthetic_size: int = 128
+    context_bias: float = 0.85
+    # ---- which steps run
+    steps: tuple[str, ...] = PASS_STEPS
+
+    @property
+    def out_dir(self) -> Path:
+        """Root of this pass's outputs: work_dir for the baseline, work_dir/cda for the CDA pass."""
+        return self.work_dir / self.stage if self.stage else self.work_dir
+
+    @property
+    def cam_dir(self) -> Path:
+        return self.out_dir / 'cam'
+
+    @property
+    def ir_label_dir(self) -> Path:
+        return self.out_dir / 'ir_label'
+
+    @property
+    def sem_seg_dir(self) -> Path:
+        return self.out_dir / 'sem_seg'
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.out_dir / 'weights'
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.out_dir / 'metrics'
+
+    @property
+    def object_bank_dir(self) -> Path:
+        return self.work_dir / 'object_bank'
+
+    @property
+    def dataset_root(self) -> Path:
+        """The VOC devkit folder to read: the given one, or the synthetic one under work_dir."""
+        return self.voc12_root if self.voc12_root is not None else self.work_dir / 'synthetic_voc'
+
+    def to_json(self) -> str:
+        def encode(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return [encode(v) for v in value]
+            return value
+        return json.dumps({k: encode(v) for k, v in dataclasses.asdict(self).items()}, indent=2)
+
+
+# Per-profile defaults; explicit flags override them.
+PROFILES: dict[str, dict[str, Any]] = {
+    'paper': {},
+    # A 2-core CPU, baseline + CDA, every step, within about 15 minutes (measured: see README).
+    'demo': dict(
+        backbone='resnet18', pretrained='none', synthetic_n_train=400, synthetic_n_val=100,
+        synthetic_size=128, cam_crop_size=128, cam_resize_long=(96, 160), cam_batch_size=32,
+        cam_num_epoches=12, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
+        irn_crop_size=128, irn_batch_size=16, irn_num_epoches=4, irn_learning_rate=0.1,
+        cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5,
+    ),
+    # Seconds to a couple of minutes: tests and CI.
+    'smoke': dict(
+        backbone='resnet18', pretrained='none', synthetic_n_train=16, synthetic_n_val=8,
+        synthetic_size=64, cam_crop_size=64, cam_resize_long=(48, 80), cam_batch_size=8,
+        cam_num_epoches=1, cam_scales=(1.0, 0.5), irn_crop_size=64, irn_batch_size=8,
+        irn_num_epoches=1, num_workers=0,
+        cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5,
+    ),
+}
+
+
+class _BoolFlag(argparse.Action):
+    """`--flag`, `--flag true|false`, `--flag=false`, and the negative forms `--no-flag` / `--no_flag`."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        positive = [o for o in option_strings]
+        negatives = []
+        for option in positive:
+            if option.startswith('--'):
+                negatives += [f'--no-{option[2:]}', f'--no_{option[2:]}']
+        kwargs.pop('nargs', None)
+        super().__init__(positive + negatives, dest, nargs='?', **kwargs)
+        self._negatives = set(negatives)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self._negatives:
+            if values is not None:
+                parser.error(f'{option_string} takes no value')
+            setattr(namespace, self.dest, False)
+        else:
+            setattr(namespace, self.dest, True if values is None else str2bool(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='run_sample.py', argument_default=argparse.SUPPRESS,
+        description='IRNet + Context Decoupling Augmentation: weakly supervised semantic segmentation '
+                    'pseudo masks from image-level labels. With no --voc12_root, runs the demo on a '
+                    'generated VOC-format dataset.')
+    d = Config()
+
+    def add(*names, help_text='', **kw):
+        p.add_argument(*names, help=help_text, **kw)
+
+    g = p.add_argument_group('dataset')
+    g.add_argument('--voc12_root', '--voc12-root', type=Path, help='VOC2012 devkit folder (holds JPEGImages); '
+                   'omitted: a synthetic VOC-format dataset is generated under the work dir')
+    g.add_argument('--sbd_root', '--sbd-root', type=Path, help='SBD folder with train.txt/val.txt, for train_aug')
+    g.add_argument('--train_list', type=str, help='list file or split name for CAM/IRN training (default train_aug)')
+    g.add_argument('--val_list', type=str, help='list file or split name for CAM validation (default val)')
+    g.add_argument('--infer_list', type=str, help='list file or split name for pseudo masks (default train)')
+    g.add_argument('--chainer_eval_set', '--eval_set', dest='chainer_eval_set', type=str,
+                   help=f'split evaluated by eval_cam/eval_sem_seg (default {d.chainer_eval_set})')
+
+    g = p.add_argument_group('run')
+    g.add_argument('--work_dir', '--work-dir', type=Path, help='every output goes here (default work_dir)')
+    g.add_argument('--profile', choices=sorted(PROFILES), help='paper (default with --voc12_root), '
+                   'demo (default without), smoke (tests)')
+    g.add_argument('--device', choices=('auto', 'cpu', 'cuda'))
+    g.add_argument('--seed', type=int)
+    g.add_argument('--deterministic', action=_BoolFlag, help='deterministic algorithms (slower)')
+    g.add_argument('--num_workers', '--num-workers', type=non_negative_int)
+    g.add_argument('--overwrite', action=_BoolFlag, help='redo per-image outputs that already exist')
+    g.add_argument('--resume', action=_BoolFlag, help='continue training from the last epoch checkpoint')
+    g.add_argument('--debug', action=_BoolFlag, help='show tracebacks for input errors')
+    g.add_argument('--amp', action=_BoolFlag, help='autocast on CUDA (bf16 where supported)')
+    g.add_argument('--channels_last', action=_BoolFlag, help='channels_last memory format on CUDA')
+    g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
+                   '(from scratch, trainable BN), or PATH to a torchvision ResNet state dict')
+    g.add_argument('--backbone', choices=('resnet50', 'resnet18'))
+    g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(ALL_STEPS)}')
+
+    g = p.add_argument_group('CAM')
+    g.add_argument('--cam_network', type=str)
+    g.add_argument('--cam_crop_size', type=positive_int)
+    g.add_argument('--cam_resize_long', type=positive_int, nargs=2)
+    g.add_argument('--cam_batch_size', type=positive_int)
+    g.add_argument('--cam_num_epoches', type=positive_int)
+    g.add_argument('--cam_learning_rate', type=positive_float)
+    g.add_argument('--cam_weight_decay', type=float)
+    g.add_argument('--cam_eval_thres', type=unit_float)
+    g.add_argument('--cam_scales', type=positive_float, nargs='+')
+
+    g = p.add_argument_group('IR labels and IRN')
+    g.add_argument('--conf_fg_thres', type=unit_float)
+    g.add_argument('--conf_bg_thres', type=unit_float)
+    g.add_argument('--irn_network', type=str)
+    g.add_argument('--irn_crop_size', type=positive_int)
+    g.add_argument('--irn_rescale', type=positive_float, nargs=2)
+    g.add_argument('--irn_batch_size', type=positive_int)
+    g.add_argument('--irn_num_epoches', type=positive_int)
+    g.add_argument('--irn_learning_rate', type=positive_float)
+    g.add_argument('--irn_weight_decay', type=float)
+    g.add_argument('--beta', type=positive_int)
+    g.add_argument('--exp_times', type=non_negative_int)
+    g.add_argument('--sem_seg_bg_thres', type=unit_float)
+    g.add_argument('--sweep', type=unit_float, nargs='+', help='background thresholds that eval_cam and '
+                   'eval_sem_seg evaluate in one pass (e.g. 0.05 0.1 ... 0.95)')
+
+    g = p.add_argument_group('CDA')
+    g.add_argument('--cda', action=_BoolFlag, help='baseline, object bank, then the CDA pass')
+    g.add_argument('--cda_only', action=_BoolFlag, help='object bank and CDA pass from existing baseline outputs')
+    g.add_argument('--cda_bank_source', type=Path, help='folder of VOC-style label PNGs for the object bank '
+                   '(default: the baseline pseudo masks)')
+    g.add_argument('--cda_min_fg_ratio', type=unit_float)
+    g.add_argument('--cda_max_fg_ratio', type=unit_float)
+    g.add_argument('--cda_min_visible', type=unit_float)
+    g.add_argument('--cda_schedule', choices=('quirk', 'full'))
+    g.add_argument('--cda_variant', choices=('rotate', 'scale', 'blur'))
+
+    g = p.add_argument_group('synthetic dataset')
+    g.add_argument('--synthetic_n_train', '--n_train', type=positive_int)
+    g.add_argument('--synthetic_n_val', '--n_val', type=positive_int)
+    g.add_argument('--synthetic_size', '--image_size', type=positive_int)
+    g.add_argument('--context_bias', type=unit_float)
+
+    g = p.add_argument_group('step switches (true/false, or --no-...)')
+    for step in ALL_STEPS:
+        g.add_argument(f'--{step}_pass', action=_BoolFlag, dest=f'{step}_pass')
+    return p
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
+    """Parse flags into a Config; raise SystemExit (argparse) with one line for bad values."""
+    parser = build_parser()
+    explicit = vars(parser.parse_args(argv))
+    default_profile = 'paper' if explicit.get('voc12_root') is not None else 'demo'
+    profile = explicit.get('profile', default_profile)
+    values: dict[str, Any] = dict(PROFILES[profile])
+    values['profile'] = profile
+
+    switches = {k[:-len('_pass')]: v for k, v in explicit.items() if k.endswith('_pass')}
+    cda, cda_only = explicit.pop('cda', False), explicit.pop('cda_only', False)
+    steps_arg = explicit.pop('steps', None)
+    for key, value in explicit.items():
+        if key.endswith('_pass'):
+            continue
+        values[key] = tuple(value) if isinstance(value, list) else value
+
+    if steps_arg is not None:
+        steps = [s.strip() for s in steps_arg.split(',') if s.strip()]
+        unknown = [s for s in steps if s not in ALL_STEPS]
+        if unknown:
+            parser.error(f'unknown step(s) {",".join(unknown)}; known: {",".join(ALL_STEPS)}')
+    elif cda_only:
+        steps = list(CDA_STEPS)
+    elif cda:
+        steps = list(ALL_STEPS)
+    else:
+        steps = list(PASS_STEPS)
+    for step, on in switches.items():
+        if on and step not in steps:
+            steps.append(step)
+        if not on and step in steps:
+            steps.remove(step)
+    values['steps'] = tuple(s for s in ALL_STEPS if s in steps)
+
+    cfg = Config(**values)
+    problems = validate(cfg)
+    if problems:
+        parser.error(problems[0])
+    return cfg
+
+
+def validate(cfg: Config) -> list[str]:
+    """Values that parse but cannot work together; each a one-line message naming the flag."""
+    problems = []
+    if cfg.conf_bg_thres > cfg.conf_fg_thres:
+        problems.append(f'--conf_bg_thres {cfg.conf_bg_thres} is above --conf_fg_thres {cfg.conf_fg_thres}; '
+                        'the background threshold must be the lower one')
+    if cfg.cda_min_fg_ratio > cfg.cda_max_fg_ratio:
+        problems.append('--cda_min_fg_ratio is above --cda_max_fg_ratio')
+    if any(s.startswith('cda_train_cam') for s in cfg.steps) and cfg.cam_batch_size < 2:
+        problems.append(f'--cam_batch_size {cfg.cam_batch_size} is too small for CDA: each batch holds '
+                        'B/2 images and their B/2 pasted versions, so use 2 or more')
+    if cfg.cam_resize_long[0] > cfg.cam_resize_long[1]:
+        problems.append('--cam_resize_long: the first value (min) is above the second (max)')
+    if cfg.irn_rescale[0] > cfg.irn_rescale[1]:
+        problems.append('--irn_rescale: the first value (min) is above the second (max)')
+    if cfg.pretrained not in ('imagenet', 'none') and not Path(cfg.pretrained).is_file():
+        problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path '
+                        'of a torchvision ResNet state dict')
+    if cfg.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            problems.append('--device cuda: no CUDA GPU is visible; use --device cpu (or auto)')
+    return problems
+
+
+def with_stage(cfg: Config, stage: str) -> Config:
+    return dataclasses.replace(cfg, stage=stage)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from `config.json` (tuples and paths restored)."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            continue
+        default = getattr(Config(), key)
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source'):
+            value = Path(value) if value is not None else None
+        out[key] = value
+    return Config(**out)

@@ -1,0 +1,78 @@
+"""Semantic segmentation confusion matrices and the figures derived from them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from misc import imutils
+from misc.torchutils import all_reduce_sum
+from voc12.classes import CLASS_NAMES, IGNORE
+
+N_CLASSES = len(CLASS_NAMES)
+
+
+class ConfusionMatrix:
+    """Rows: ground truth, columns: prediction; `ignore` in the ground truth is skipped."""
+
+    def __init__(self, num_classes: int = N_CLASSES, ignore: int = IGNORE):
+        self.num_classes = num_classes
+        self.ignore = ignore
+        self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        gt = np.asarray(gt).reshape(-1).astype(np.int64)
+        pred = np.asarray(pred).reshape(-1).astype(np.int64)
+        keep = gt != self.ignore
+        gt, pred = gt[keep], pred[keep]
+        if gt.size and (gt.max() >= self.num_classes or pred.min() < 0 or pred.max() >= self.num_classes):
+            raise ValueError('labels outside [0, num_classes) in a confusion matrix update')
+        self.mat += np.bincount(gt * self.num_classes + pred, minlength=self.num_classes ** 2
+                                ).reshape(self.num_classes, self.num_classes)
+
+    def all_reduce(self) -> None:
+        self.mat = all_reduce_sum(torch.from_numpy(self.mat)).numpy()
+
+    def compute(self) -> dict:
+        """Per-class IoU (NaN for a class absent from both), mIoU over the present classes, and the
+        reference's false-positive / false-negative shares of each class's union."""
+        mat = self.mat.astype(np.float64)
+        gt, pred, hit = mat.sum(1), mat.sum(0), np.diag(mat)
+        union = gt + pred - hit
+        with np.errstate(divide='ignore', invalid='ignore'):
+            iou = hit / union
+            fp = 1.0 - gt / union
+            fn = 1.0 - pred / union
+        return {'miou': float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan'),
+                'iou': [float(v) for v in iou],
+                'fp': [float(v) for v in fp], 'fn': [float(v) for v in fn]}
+
+
+def label_from_scores(scores: np.ndarray, keys: np.ndarray, bg_thres: float) -> np.ndarray:
+    """argmax over [bg_thres, scores...] mapped to class ids: keys (K,) are 0-based class indices."""
+    padded = np.concatenate([np.full((1,) + scores.shape[1:], bg_thres, scores.dtype), scores], axis=0)
+    lookup = np.concatenate([[0], np.asarray(keys) + 1])
+    return lookup[np.argmax(padded, axis=0)].astype(np.uint8)
+
+
+def format_table(result: dict) -> str:
+    rows = [f'{name:>12s} {100 * iou:6.2f}' for name, iou in zip(CLASS_NAMES, result['iou'])]
+    return '\n'.join(rows + [f'{"mIoU":>12s} {100 * result["miou"]:6.2f}'])
+
+
+def format_sweep(thresholds: Sequence[float], mious: Sequence[float], configured: float) -> str:
+    lines = ['threshold   mIoU']
+    best = int(np.nanargmax(mious))
+    for i, (t, m) in enumerate(zip(thresholds, mious)):
+        mark = ' <- best' if i == best else ''
+        mark += ' (configured)' if abs(t - configured) < 1e-9 else ''
+        lines.append(f'{t:9.3f}  {100 * m:6.2f}{mark}')
+    return '\n'.join(lines)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    with imutils.atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=2))

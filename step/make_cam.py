@@ -1,0 +1,83 @@
+"""Multi-scale CAMs of every training image: strided (stride 4) and high-resolution (image size).
+
+Each scale's image and its horizontal flip go through the network in one batch; the flipped map is
+flipped back and added. Strided CAM: sum over scales of bilinear resizes to ((H-1)//4+1, (W-1)//4+1).
+High-res CAM: each scale resized to the stride-16 padded size, summed, cropped to H x W. Only the
+image's classes are kept, each divided by its max + 1e-5. Saved as `cam/<id>.npz` with `keys` (K,)
+class indices 0..19, `cam` (K, h, w) and `high_res` (K, H, W).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import imutils, torchutils
+from misc.config import Config
+from step import common
+from step.train_cam import build_model
+from voc12 import dataloader
+
+logger = logging.getLogger(__name__)
+
+
+def fuse_scales(outputs: Sequence[torch.Tensor], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip-fused CAMs of each scale, each (K, h_s, w_s) -> normalised (strided (K, h, w), high_res (K, H, W))."""
+    strided = imutils.strided_size(size, 4)
+    up = imutils.strided_up_size(size, 16)
+    strided_cam = torch.stack([F.interpolate(o[None], strided, mode='bilinear', align_corners=False)[0]
+                               for o in outputs]).sum(0)
+    high_res = torch.stack([F.interpolate(o[:, None], up, mode='bilinear', align_corners=False)
+                            for o in outputs]).sum(0)[:, 0, :size[0], :size[1]]
+    strided_cam = strided_cam / (F.adaptive_max_pool2d(strided_cam, (1, 1)) + 1e-5)
+    high_res = high_res / (F.adaptive_max_pool2d(high_res, (1, 1)) + 1e-5)
+    return strided_cam, high_res
+
+
+@torch.no_grad()
+def compute_cams(model, pyramid: Sequence[torch.Tensor], keys: np.ndarray, size: Sequence[int],
+                 device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs -> (strided, high_res) CAMs of `keys`."""
+    keys_t = torch.as_tensor(keys, dtype=torch.long, device=device)
+    outputs = []
+    for pair in pyramid:
+        with torchutils.autocast(device, amp):
+            features = model.features(pair.to(device, non_blocking=True))
+        cams = F.relu(F.conv2d(features.float(), model.classifier.weight[keys_t]))
+        outputs.append(cams[0] + cams[1].flip(-1))
+    strided, high_res = fuse_scales(outputs, size)
+    return strided.cpu().numpy(), high_res.cpu().numpy()
+
+
+def load_cam_model(cfg: Config, device: torch.device):
+    path = cfg.weights_dir / 'cam.pt'
+    if not path.is_file():
+        raise common.BadInputError(f'{path} missing; run the train_cam step first')
+    model = build_model(cfg, load_weights=False)
+    model.load_state_dict(torchutils.load_checkpoint(path)['model'])
+    return model.to(device).eval()
+
+
+def run(cfg: Config) -> dict:
+    device = common.device_of(cfg)
+    ids = common.train_ids(cfg)
+    labels = common.image_labels(cfg, ids, 'train list')
+    output_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
+    todo = torchutils.shard(common.pending(ids, output_of, common.npz_is_valid, cfg.overwrite))
+    if not todo:
+        logger.info('make_cam: all %d CAMs exist (--overwrite redoes them)', len(ids))
+        torchutils.barrier()
+        return {'images': 0}
+    model = load_cam_model(cfg, device)
+    dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, labels, cfg.cam_scales)
+    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_cam',
+                     disable=not torchutils.is_main_process()):
+        keys = np.nonzero(pack['label'].numpy())[0]
+        strided, high_res = compute_cams(model, pack['img'], keys, pack['size'], device, cfg.amp)
+        imutils.save_npz(output_of(pack['name']), keys=keys.astype(np.int64), cam=strided, high_res=high_res)
+    torchutils.barrier()
+    return {'images': len(todo)}

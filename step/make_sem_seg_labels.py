@@ -1,0 +1,92 @@
+"""Pseudo masks: random walk of the strided CAMs on IRN's boundary map, upsampled, thresholded.
+
+Per image: boundary map = sigmoid of the mean of the logits of the image and its flip; the CAMs
+(times 1 - boundary) are propagated by the transition affinity**beta (radius 5) applied
+2**exp_times times; the result is upsampled x4 (bilinear), cropped to H x W, divided by its global
+max, and the argmax over [sem_seg_bg_thres, classes...] gives the class map. The random-walk scores at
+stride 4 are kept too (`rw/<id>.npz`), so eval_sem_seg can sweep thresholds without redoing the walk.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import imutils, torchutils
+from misc.config import Config
+from misc.indexing import propagate_to_edge
+from misc.metrics import label_from_scores
+from step import common
+from voc12 import dataloader
+
+logger = logging.getLogger(__name__)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def upsample_scores(rw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(K, 1, h, w) random-walk output -> (K, H, W) scores, x4 bilinear, cropped, divided by the max."""
+    up = F.interpolate(rw, scale_factor=4, mode='bilinear', align_corners=False)[..., 0, :size[0], :size[1]]
+    return up / torch.max(up)
+
+
+def random_walk_scores(cams, edge, beta: float = 10, exp_times: int = 8) -> torch.Tensor:
+    """cams (K, h, w) strided CAMs, edge (h, w) boundary probabilities -> (K, 1, h, w) walked CAMs."""
+    cams = _as_tensor(cams).float()
+    edge = _as_tensor(edge).float().to(cams.device).reshape(cams.shape[-2:])
+    return propagate_to_edge(cams, edge, radius=5, beta=beta, exp_times=exp_times)
+
+
+def sem_seg_from_edge(cams, edge, keys, size: Sequence[int], beta: float = 10, exp_times: int = 8,
+                      bg_thres: float = 0.25) -> np.ndarray:
+    """Per-image core: strided CAMs (K, h, w), boundary map (h, w), class indices (K,), image size
+    (H, W) -> (H, W) uint8 class map (0 background, 1..20)."""
+    keys = np.asarray(keys.cpu() if isinstance(keys, torch.Tensor) else keys).astype(np.int64)
+    scores = upsample_scores(random_walk_scores(cams, edge, beta, exp_times), size)
+    return label_from_scores(scores.cpu().numpy(), keys, bg_thres)
+
+
+def load_irn(cfg: Config, device: torch.device):
+    path = cfg.weights_dir / 'irn.pt'
+    if not path.is_file():
+        raise common.BadInputError(f'{path} missing; run the train_irn step first')
+    module = importlib.import_module(cfg.irn_network)
+    model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=False)
+    model.load_state_dict(torchutils.load_checkpoint(path)['model'])
+    return model.to(device).eval(), module
+
+
+def run(cfg: Config) -> dict:
+    device = common.device_of(cfg)
+    ids = common.infer_ids(cfg)
+    cam_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
+    output_of = lambda i: cfg.sem_seg_dir / f'{i}.png'   # noqa: E731
+    rw_of = lambda i: cfg.out_dir / 'rw' / f'{i}.npz'   # noqa: E731
+    common.require_outputs(ids, cam_of, 'CAMs of the infer list', 'make_cam')
+    todo = torchutils.shard(common.pending(ids, output_of, common.png_is_valid, cfg.overwrite))
+    if not todo:
+        torchutils.barrier()
+        return {'images': 0}
+    model, module = load_irn(cfg, device)
+    dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, None, (1.0,))
+    with torch.no_grad():
+        for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_sem_seg',
+                         disable=not torchutils.is_main_process()):
+            image_id, size = pack['name'], pack['size']
+            with torchutils.autocast(device, cfg.amp):
+                edge = module.boundary_map(model, pack['img'][0].to(device), cfg.irn_crop_size).float()
+            with np.load(cam_of(image_id)) as cam:
+                cams, keys = torch.from_numpy(cam['cam']).to(device), cam['keys']
+            rw = random_walk_scores(cams, edge, cfg.beta, cfg.exp_times)
+            scores = upsample_scores(rw, size).cpu().numpy()
+            imutils.save_npz(rw_of(image_id), keys=keys, rw=rw[:, 0].cpu().numpy())
+            imutils.save_label_png(output_of(image_id), label_from_scores(scores, keys, cfg.sem_seg_bg_thres))
+    torchutils.barrier()
+    return {'images': len(todo)}

@@ -1,0 +1,161 @@
+"""Train the CAM classifier (multilabel soft-margin), optionally with CDA's pasted-object pairs.
+
+Baseline: batches of B images. CDA (the `cda` stage): batches of B/2 images and their B/2 pasted
+versions, concatenated into one batch and one loss. The poly schedule keeps the reference's
+`max_step = (len // B) * epochs` for both; in CDA each step consumes only B/2 originals, so the decay
+ends half-way and the lr then stays at its last value (`--cda_schedule quirk`, which produced the
+published numbers); `--cda_schedule full` decays over the steps actually taken.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import torchutils
+from misc.config import Config
+from step import common
+from voc12 import dataloader
+
+logger = logging.getLogger(__name__)
+
+
+def batch_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a batch; CDA batches concatenate originals and pasted versions."""
+    if 'aug_img' in batch:
+        return torch.cat([batch['img'], batch['aug_img']]), torch.cat([batch['label'], batch['aug_label']])
+    return batch['img'], batch['label']
+
+
+def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
+    return importlib.import_module(cfg.cam_network).Net(backbone=cfg.backbone, pretrained=cfg.pretrained,
+                                                        load_weights=load_weights)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
+    model.train()
+    loss_sum, images, data_time, start = 0.0, 0, 0.0, time.perf_counter()
+    tick = time.perf_counter()
+    bar = tqdm(loader, desc=f'train_cam{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
+               f'{cfg.cam_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
+    for batch in bar:
+        data_time += time.perf_counter() - tick
+        img, label = batch_inputs(batch)
+        img = img.to(device, non_blocking=True)
+        label = label.to(device, non_blocking=True)
+        if cfg.channels_last and device.type == 'cuda':
+            img = img.contiguous(memory_format=torch.channels_last)
+        with torchutils.autocast(device, cfg.amp):
+            logits = model(img)
+        loss = F.multilabel_soft_margin_loss(logits.float(), label)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'non-finite CAM loss at epoch {epoch + 1}; lower --cam_learning_rate')
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += float(loss) * img.shape[0]
+        images += img.shape[0]
+        bar.set_postfix(loss=f'{float(loss):.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
+        tick = time.perf_counter()
+    elapsed = time.perf_counter() - start
+    return {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,
+            'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9)}
+
+
+@torch.no_grad()
+def validate(model, loader, device, cfg: Config) -> float:
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64)
+    for batch in loader:
+        img, label = batch_inputs(batch)
+        with torchutils.autocast(device, cfg.amp):
+            logits = model(img.to(device))
+        loss = F.multilabel_soft_margin_loss(logits.float(), label.to(device), reduction='sum')
+        total += torch.tensor([float(loss), img.shape[0]], dtype=torch.float64)
+    total = torchutils.all_reduce_sum(total)
+    model.train()
+    return float(total[0] / max(total[1], 1))
+
+
+def make_datasets(cfg: Config):
+    """(train set, val set, global batch of the loader) for this stage."""
+    ids, v_ids = common.train_ids(cfg), common.val_ids(cfg)
+    labels = common.image_labels(cfg, ids, 'train list')
+    v_labels = common.image_labels(cfg, v_ids, 'val list')
+    root = cfg.dataset_root
+    if cfg.stage == 'cda':
+        from voc12.cda_dataset import CDAClassificationDataset
+        from misc.cda import ObjectBank
+        bank = ObjectBank.load(cfg.object_bank_dir)
+        train = CDAClassificationDataset(ids, root, labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
+                                         seed=cfg.seed, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible)
+        val = CDAClassificationDataset(v_ids, root, v_labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
+                                       seed=cfg.seed + 1, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible)
+        return train, val, cfg.cam_batch_size // 2
+    train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed)
+    val = dataloader.ClassificationDataset(v_ids, root, v_labels, cfg.cam_resize_long, cfg.cam_crop_size,
+                                           cfg.seed + 1)
+    return train, val, cfg.cam_batch_size
+
+
+def max_steps(cfg: Config, n_train: int, steps_per_epoch: int) -> int:
+    if cfg.stage == 'cda' and cfg.cda_schedule == 'full':
+        return steps_per_epoch * cfg.cam_num_epoches
+    return (n_train // cfg.cam_batch_size) * cfg.cam_num_epoches
+
+
+def run(cfg: Config) -> dict:
+    weights = cfg.weights_dir / 'cam.pt'
+    checkpoint_path = cfg.weights_dir / 'cam_checkpoint.pt'
+    if weights.is_file() and not cfg.overwrite:
+        logger.info('%s exists: CAM training skipped (--overwrite retrains)', weights)
+        return {'skipped': True}
+    device = common.device_of(cfg)
+    train_set, val_set, loader_batch = make_datasets(cfg)
+    train_loader = common.train_loader(train_set, loader_batch, cfg)
+    val_loader = common.eval_loader(val_set, loader_batch, cfg)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise common.BadInputError(f'train list has {len(train_set)} images, fewer than one batch of '
+                                   f'{loader_batch * torchutils.world_size()}; lower --cam_batch_size')
+    model = build_model(cfg).to(device)
+    if cfg.channels_last and device.type == 'cuda':
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.cam_learning_rate,
+                                               cfg.cam_weight_decay, max_steps(cfg, len(train_set), steps_per_epoch))
+    start_epoch = 0
+    if cfg.resume and checkpoint_path.is_file():
+        state = torchutils.load_checkpoint(checkpoint_path)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        torchutils.set_rng_states(state['rng'])
+        start_epoch = state['epoch'] + 1
+        logger.info('resumed CAM training from %s after epoch %d', checkpoint_path, start_epoch)
+    ddp_model = model
+    if torchutils.is_distributed():
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    history = []
+    for epoch in range(start_epoch, cfg.cam_num_epoches):
+        train_set.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, device, cfg, epoch)
+        stats['val_loss'] = validate(ddp_model, val_loader, device, cfg)
+        stats['epoch'] = epoch + 1
+        history.append(stats)
+        logger.info('train_cam%s epoch %d/%d: loss %.4f, val loss %.4f, %.1f img/s (data %.1fs of %.1fs)',
+                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'],
+                    stats['val_loss'], stats['images_per_s'], stats['data_seconds'], stats['seconds'])
+        torchutils.save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                   scheduler=scheduler.state_dict(), epoch=epoch, rng=torchutils.rng_states(),
+                                   config=cfg.to_json())
+    torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
+    torchutils.barrier()
+    return {'epochs': history, 'max_step': max_steps(cfg, len(train_set), steps_per_epoch),
+            'steps_per_epoch': steps_per_epoch}

@@ -1,0 +1,142 @@
+"""Train IRN's boundary and displacement branches from the IR labels, then measure the mean shift.
+
+Loss (as the reference): (pos_aff + neg_aff)/2 + (dp_fg + dp_bg)/2 with pos_aff = bg_pos/2 + fg_pos/2,
+each term averaged over its pixel pairs (radius 10 at stride 4 of the crop). SGD, lr for the boundary
+branch and 10x for the displacement branch, poly decay per iteration. After training, the mean
+displacement over the infer list is stored in the model's MeanShift buffer.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from misc import torchutils
+from misc.config import Config
+from misc.indexing import PathIndex
+from step import common
+from voc12 import dataloader
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The IRN; without ImageNet weights its frozen backbone comes from the trained CAM network."""
+    module = importlib.import_module(cfg.irn_network)
+    model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained)
+    if cfg.pretrained == 'none':
+        cam_weights = cfg.weights_dir / 'cam.pt'
+        if not cam_weights.is_file():
+            raise common.BadInputError(f'{cam_weights} missing: without ImageNet weights IRN takes its backbone '
+                                       'from the CAM network; run train_cam first')
+        model.load_backbone_from_cam(torchutils.load_checkpoint(cam_weights)['model'])
+    return model
+
+
+def train_one_epoch(loss_model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
+    loss_model.train()
+    totals, images, data_time, start = {}, 0, 0.0, time.perf_counter()
+    tick = time.perf_counter()
+    bar = tqdm(loader, desc=f'train_irn{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
+               f'{cfg.irn_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
+    for batch in bar:
+        data_time += time.perf_counter() - tick
+        img = batch['img'].to(device, non_blocking=True)
+        labels = [batch[k].to(device, non_blocking=True)
+                  for k in ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')]
+        with torchutils.autocast(device, cfg.amp):
+            losses = loss_model(img)
+        losses = [loss.float() for loss in losses]
+        total, parts = importlib.import_module(cfg.irn_network).irn_loss(losses, *labels)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f'non-finite IRN loss at epoch {epoch + 1}; lower --irn_learning_rate')
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value * img.shape[0]
+        images += img.shape[0]
+        bar.set_postfix(loss=f'{float(total):.4f}')
+        tick = time.perf_counter()
+    elapsed = time.perf_counter() - start
+    stats = {k: v / max(images, 1) for k, v in totals.items()}
+    stats.update(images=images, seconds=elapsed, data_seconds=data_time, images_per_s=images / max(elapsed, 1e-9))
+    return stats
+
+
+@torch.no_grad()
+def measure_mean_shift(model, cfg: Config, device: torch.device) -> torch.Tensor:
+    """Mean over the infer list's batches of the mean displacement (the reference's statistic)."""
+    model.eval()
+    ids = torchutils.shard(common.infer_ids(cfg))
+    dataset = dataloader.TopLeftCropDataset(ids, cfg.dataset_root, cfg.irn_crop_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, cfg.irn_batch_size // torchutils.world_size()),
+                                         shuffle=False, num_workers=cfg.num_workers)
+    total = torch.zeros(3, dtype=torch.float64)      # sum of batch means (x, y), number of batches
+    model.mean_shift.running_mean.zero_()
+    for batch in tqdm(loader, desc='irn mean shift', disable=not torchutils.is_main_process(), leave=False):
+        _, dp = model(batch['img'].to(device))
+        total[:2] += dp.float().mean(dim=(0, 2, 3)).double().cpu()
+        total[2] += 1
+    total = torchutils.all_reduce_sum(total)
+    return (total[:2] / total[2].clamp(min=1)).float()
+
+
+def run(cfg: Config) -> dict:
+    weights = cfg.weights_dir / 'irn.pt'
+    checkpoint_path = cfg.weights_dir / 'irn_checkpoint.pt'
+    if weights.is_file() and not cfg.overwrite:
+        logger.info('%s exists: IRN training skipped (--overwrite retrains)', weights)
+        return {'skipped': True}
+    device = common.device_of(cfg)
+    ids = common.train_ids(cfg)
+    common.require_outputs(ids, lambda i: cfg.ir_label_dir / f'{i}.png', 'IR labels of the train list',
+                           'cam_to_ir_label')
+    path_index = PathIndex(radius=10, default_size=(cfg.irn_crop_size // 4, cfg.irn_crop_size // 4))
+    dataset = dataloader.AffinityDataset(ids, cfg.dataset_root, cfg.ir_label_dir, cfg.irn_crop_size,
+                                         path_index.src_indices, path_index.dst_indices, cfg.irn_rescale, cfg.seed)
+    loader = common.train_loader(dataset, cfg.irn_batch_size, cfg)
+    if len(loader) == 0:
+        raise common.BadInputError(f'train list has {len(dataset)} images, fewer than one batch of '
+                                   f'{cfg.irn_batch_size}; lower --irn_batch_size')
+    model = build_model(cfg)
+    loss_model = importlib.import_module(cfg.irn_network).AffinityDisplacementLoss(model, path_index).to(device)
+    max_step = (len(dataset) // cfg.irn_batch_size) * cfg.irn_num_epoches
+    optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.irn_learning_rate,
+                                               cfg.irn_weight_decay, max_step)
+    start_epoch = 0
+    if cfg.resume and checkpoint_path.is_file():
+        state = torchutils.load_checkpoint(checkpoint_path)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        torchutils.set_rng_states(state['rng'])
+        start_epoch = state['epoch'] + 1
+        logger.info('resumed IRN training from %s after epoch %d', checkpoint_path, start_epoch)
+    ddp_model = loss_model
+    if torchutils.is_distributed():
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            loss_model, device_ids=[device.index] if device.type == 'cuda' else None)
+    history = []
+    for epoch in range(start_epoch, cfg.irn_num_epoches):
+        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(ddp_model, loader, optimizer, scheduler, device, cfg, epoch)
+        stats['epoch'] = epoch + 1
+        history.append(stats)
+        logger.info('train_irn%s epoch %d/%d: %s, %.1f img/s (data %.1fs of %.1fs)',
+                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.irn_num_epoches,
+                    ', '.join(f'{k} {stats[k]:.4f}' for k in ('pos_aff', 'neg_aff', 'dp_fg', 'dp_bg') if k in stats),
+                    stats['images_per_s'], stats['data_seconds'], stats['seconds'])
+        torchutils.save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                   scheduler=scheduler.state_dict(), epoch=epoch, rng=torchutils.rng_states(),
+                                   config=cfg.to_json())
+    mean_shift = measure_mean_shift(model.to(device), cfg, device)
+    model.mean_shift.running_mean.copy_(mean_shift.to(device))
+    torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
+    torchutils.barrier()
+    return {'epochs': history, 'mean_shift': mean_shift.tolist(), 'max_step': max_step}

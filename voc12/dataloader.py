@@ -1,0 +1,309 @@
+"""PASCAL VOC 2012 (devkit layout) lists, image-level labels and the datasets of each step.
+
+Image-level labels are computed from the dataset itself (Annotations XML, else SegmentationClass
+PNG) and cached under the work dir; nothing is shipped from other repositories.
+
+Randomness: every random draw of a training sample comes from `numpy.random.default_rng((seed,
+epoch, index))`, so a sample is the same whatever the number of workers or processes, and runs repeat.
+"""
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from misc import imutils
+from misc.imutils import BadInputError
+from voc12.classes import CAT_NAME_TO_NUM, N_CAT
+
+logger = logging.getLogger(__name__)
+
+IMG_DIR, ANNOT_DIR, SEG_DIR = 'JPEGImages', 'Annotations', 'SegmentationClass'
+SPLIT_NAMES = ('train', 'val', 'trainval', 'train_aug')
+
+
+# ----------------------------------------------------------------------------- lists and labels
+
+def check_voc_root(root: Path) -> None:
+    """One-line errors for a missing or incomplete devkit folder."""
+    if root is None or not Path(root).is_dir():
+        raise BadInputError(f'--voc12_root {root}: no such folder; give the VOC2012 devkit folder '
+                            '(the one holding JPEGImages, Annotations, ImageSets)')
+    for sub in (IMG_DIR, 'ImageSets'):
+        if not (Path(root) / sub).is_dir():
+            raise BadInputError(f'--voc12_root {root}: no {sub}/ inside; give the VOC2012 folder itself '
+                                '(e.g. .../VOCdevkit/VOC2012)')
+
+
+def read_list_file(path: Path) -> list[str]:
+    try:
+        lines = Path(path).read_text().split()
+    except OSError as e:
+        raise BadInputError(f'{path}: cannot read list file ({e.strerror})') from None
+    # The reference's lists may hold a second column (SBD style 'image label'); keep the first token
+    # of every line that looks like an id.
+    ids = [token for token in lines if not token.startswith('/')]
+    if not ids:
+        raise BadInputError(f'{path}: the list is empty; give a list with one image id per line')
+    return ids
+
+
+def resolve_list(spec: Optional[str], default: str, root: Path, sbd_root: Optional[Path] = None) -> list[str]:
+    """Image ids from a list file path or a split name (train, val, trainval, train_aug)."""
+    spec = spec or default
+    if Path(spec).is_file():
+        ids = read_list_file(Path(spec))
+    elif spec in SPLIT_NAMES:
+        ids = _split_ids(spec, Path(root), sbd_root)
+    else:
+        raise BadInputError(f'list {spec!r}: neither a file nor one of {", ".join(SPLIT_NAMES)}')
+    missing = [i for i in ids if not (Path(root) / IMG_DIR / f'{i}.jpg').is_file()]
+    if missing:
+        raise BadInputError(f'list {spec}: {len(missing)} image(s) not in {Path(root) / IMG_DIR}, first '
+                            f'{missing[0]}.jpg; fix the list or --voc12_root')
+    return ids
+
+
+def _split_ids(split: str, root: Path, sbd_root: Optional[Path]) -> list[str]:
+    seg_sets = root / 'ImageSets' / 'Segmentation'
+    if split in ('train', 'val', 'trainval'):
+        path = seg_sets / f'{split}.txt'
+        if not path.is_file():
+            raise BadInputError(f'{path}: missing; the VOC devkit should have it (or pass a list file)')
+        return read_list_file(path)
+    # train_aug: SBD train + val + VOC train, minus VOC val (the standard 10,582-image set).
+    val = set(read_list_file(seg_sets / 'val.txt')) if (seg_sets / 'val.txt').is_file() else set()
+    if sbd_root is not None:
+        pool = []
+        for name in ('train.txt', 'val.txt'):
+            path = Path(sbd_root) / name
+            if not path.is_file():
+                raise BadInputError(f'{path}: missing; --sbd_root should hold SBD\'s train.txt and val.txt')
+            pool += read_list_file(path)
+        pool += read_list_file(seg_sets / 'train.txt')
+    else:
+        main = root / 'ImageSets' / 'Main' / 'trainval.txt'
+        if not main.is_file():
+            raise BadInputError(f'{main}: missing; train_aug needs --sbd_root or ImageSets/Main/trainval.txt')
+        logger.warning('train_aug without --sbd_root: using ImageSets/Main/trainval minus Segmentation val '
+                       '(not the paper\'s 10,582-image set)')
+        pool = read_list_file(main)
+    seen, ids = set(), []
+    for image_id in pool:
+        if image_id not in val and image_id not in seen and (root / IMG_DIR / f'{image_id}.jpg').is_file():
+            seen.add(image_id)
+            ids.append(image_id)
+    return sorted(ids)
+
+
+def image_label_from_xml(path: Path) -> np.ndarray:
+    """(20,) float32 multi-hot vector of the object names in a VOC annotation file."""
+    label = np.zeros(N_CAT, np.float32)
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as e:
+        raise BadInputError(f'{path}: malformed annotation XML ({e})') from None
+    for name in tree.getroot().iter('name'):
+        index = CAT_NAME_TO_NUM.get((name.text or '').strip())
+        if index is not None:
+            label[index] = 1.0
+    return label
+
+
+def image_label_from_mask(path: Path) -> np.ndarray:
+    values = np.unique(imutils.read_label_png(path))
+    label = np.zeros(N_CAT, np.float32)
+    for v in values:
+        if 1 <= v <= N_CAT:
+            label[v - 1] = 1.0
+    return label
+
+
+def load_image_labels(root: Path, ids: Sequence[str], cache_dir: Optional[Path] = None) -> dict[str, np.ndarray]:
+    """Image-level labels of `ids`, from Annotations XML (else the segmentation PNG), cached as npz."""
+    root = Path(root)
+    cache = Path(cache_dir) / 'cls_labels.npz' if cache_dir is not None else None
+    labels: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as stored:
+            labels = dict(zip(stored['ids'].tolist(), stored['labels']))
+    todo = [i for i in ids if i not in labels]
+    for image_id in todo:
+        xml, png = root / ANNOT_DIR / f'{image_id}.xml', root / SEG_DIR / f'{image_id}.png'
+        if xml.is_file():
+            labels[image_id] = image_label_from_xml(xml)
+        elif png.is_file():
+            labels[image_id] = image_label_from_mask(png)
+        else:
+            raise BadInputError(f'{image_id}: neither {xml} nor {png} exists, so its image-level label is '
+                                'unknown; add the annotation or drop the image from the list')
+    if todo and cache is not None:
+        keys = sorted(labels)
+        imutils.save_npz(cache, ids=np.asarray(keys), labels=np.stack([labels[k] for k in keys]))
+    return {i: labels[i] for i in ids}
+
+
+def require_labelled(ids: Sequence[str], labels: dict[str, np.ndarray], list_name: str) -> None:
+    unlabelled = [i for i in ids if labels[i].sum() == 0]
+    if unlabelled:
+        raise BadInputError(f'{list_name}: {len(unlabelled)} image(s) have no class label (first '
+                            f'{unlabelled[0]}); a classification list needs at least one class per image')
+
+
+def load_gt_mask(root: Path, image_id: str, size: Optional[Sequence[int]] = None) -> np.ndarray:
+    path = Path(root) / SEG_DIR / f'{image_id}.png'
+    mask = imutils.read_label_png(path)
+    if size is not None and tuple(mask.shape) != tuple(size):
+        raise BadInputError(f'{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is '
+                            f'{size[1]}x{size[0]}; masks must match their images')
+    return mask
+
+
+# ----------------------------------------------------------------------------- affinity labels
+
+class GetAffinityLabelFromIndices:
+    """(h, w) label map -> (bg_pos, fg_pos, neg) float32 tensors of shape (P, sources)."""
+
+    def __init__(self, indices_from: np.ndarray, indices_to: np.ndarray):
+        self.indices_from = np.asarray(indices_from)
+        self.indices_to = np.asarray(indices_to)
+
+    def __call__(self, segm_map: np.ndarray | torch.Tensor):
+        flat = np.asarray(segm_map).reshape(-1)
+        label_from = flat[self.indices_from][None, :]
+        label_to = flat[self.indices_to]
+        valid = (label_from < 21) & (label_to < 21)
+        equal = label_from == label_to
+        positive = equal & valid
+        bg_pos = (positive & (label_from == 0)).astype(np.float32)
+        fg_pos = (positive & (label_from > 0)).astype(np.float32)
+        neg = (~equal & valid).astype(np.float32)
+        return torch.from_numpy(bg_pos), torch.from_numpy(fg_pos), torch.from_numpy(neg)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class _EpochSeeded(Dataset):
+    """Gives each sample its own generator from (seed, epoch, index)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+
+def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int],
+                    crop_size: int) -> np.ndarray:
+    """The reference's CAM training augmentation: random long-side resize (bicubic), horizontal flip,
+    ImageNet normalisation, random crop padded with 0 -> (3, crop, crop) float32."""
+    img = imutils.random_resize_long(img, resize_long[0], resize_long[1], rng)
+    (img,) = imutils.random_lr_flip([img], rng)
+    img = imutils.normalize(img)
+    (img,) = imutils.random_crop([img], crop_size, (0.0,), rng)
+    return imutils.hwc_to_chw(img)
+
+
+class ClassificationDataset(_EpochSeeded):
+    """CAM training images: {'name', 'img' (3, crop, crop), 'label' (20,)}."""
+
+    def __init__(self, ids: Sequence[str], root: Path, labels: dict[str, np.ndarray],
+                 resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0):
+        super().__init__(seed)
+        self.ids, self.root, self.labels = list(ids), Path(root), labels
+        self.resize_long, self.crop_size = resize_long, crop_size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> np.ndarray:
+        return imutils.read_rgb(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self.rng(index)
+        img = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size)
+        return {'name': self.ids[index], 'img': torch.from_numpy(img),
+                'label': torch.from_numpy(self.labels[self.ids[index]])}
+
+
+class MultiScaleDataset(Dataset):
+    """Inference images at several scales, each stacked with its horizontal flip.
+
+    {'name', 'img': list over scales of (2, 3, h_s, w_s) float32, 'size': (H, W), 'label': (20,)}.
+    """
+
+    def __init__(self, ids: Sequence[str], root: Path, labels: Optional[dict[str, np.ndarray]] = None,
+                 scales: Sequence[float] = (1.0,)):
+        self.ids, self.root, self.labels, self.scales = list(ids), Path(root), labels, tuple(scales)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        img = imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg')
+        pyramid = []
+        for scale in self.scales:
+            scaled = img if scale == 1 else imutils.pil_rescale(img, scale, 3)
+            chw = imutils.hwc_to_chw(imutils.normalize(scaled))
+            pyramid.append(torch.from_numpy(np.stack([chw, chw[..., ::-1]])))
+        out = {'name': image_id, 'img': pyramid, 'size': tuple(img.shape[:2])}
+        if self.labels is not None:
+            out['label'] = torch.from_numpy(self.labels[image_id])
+        return out
+
+
+class TopLeftCropDataset(Dataset):
+    """Images top-left cropped (padded with 0) to `crop_size`: the IRN mean-shift pass."""
+
+    def __init__(self, ids: Sequence[str], root: Path, crop_size: int):
+        self.ids, self.root, self.crop_size = list(ids), Path(root), crop_size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        img = imutils.normalize(imutils.read_rgb(self.root / IMG_DIR / f'{self.ids[index]}.jpg'))
+        img = imutils.top_left_crop(img, self.crop_size, 0.0)
+        return {'name': self.ids[index], 'img': torch.from_numpy(imutils.hwc_to_chw(img))}
+
+
+class AffinityDataset(_EpochSeeded):
+    """IRN training: image, IR label, and the pair labels of the x0.25 label map.
+
+    {'name', 'img' (3, crop, crop), 'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (P, sources)}
+    """
+
+    def __init__(self, ids: Sequence[str], root: Path, label_dir: Path, crop_size: int,
+                 indices_from: np.ndarray, indices_to: np.ndarray,
+                 rescale: Sequence[float] = (0.5, 1.5), seed: int = 0):
+        super().__init__(seed)
+        self.ids, self.root, self.label_dir = list(ids), Path(root), Path(label_dir)
+        self.crop_size, self.rescale = crop_size, rescale
+        self.extract_affinity_labels = GetAffinityLabelFromIndices(indices_from, indices_to)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self.rng(index)
+        image_id = self.ids[index]
+        img = imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg')
+        label = imutils.read_label_png(self.label_dir / f'{image_id}.png')
+        img, label = imutils.random_scale([img, label], self.rescale, (3, 0), rng)
+        img = imutils.normalize(img)
+        img, label = imutils.random_lr_flip([img, label], rng)
+        img, label = imutils.random_crop([img, label], self.crop_size, (0.0, 255), rng)
+        reduced = imutils.pil_rescale(label, 0.25, 0)
+        bg_pos, fg_pos, neg = self.extract_affinity_labels(reduced)
+        return {'name': image_id, 'img': torch.from_numpy(imutils.hwc_to_chw(img)),
+                'aff_bg_pos_label': bg_pos, 'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
