@@ -182,7 +182,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     'smoke': dict(
         backbone='resnet18', pretrained='none', synthetic_n_train=16, synthetic_n_val=8,
         synthetic_size=64, cam_crop_size=64, cam_resize_long=(48, 80), cam_batch_size=8,
-        cam_num_epoches=1, cam_scales=(1.0, 0.5), irn_crop_size=64, irn_batch_size=8,
+        cam_num_epoches=1, cam_scales=(1.0, 0.5), irn_crop_size=96, irn_batch_size=8,
         irn_num_epoches=1, num_workers=0,
         cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5,
     ),
@@ -353,6 +353,9 @@ def validate(cfg: Config) -> list[str]:
     if any(s.startswith('cda_train_cam') for s in cfg.steps) and cfg.cam_batch_size < 2:
         problems.append(f'--cam_batch_size {cfg.cam_batch_size} is too small for CDA: each batch holds '
                         'B/2 images and their B/2 pasted versions, so use 2 or more')
+    if cfg.irn_crop_size < 80:
+        problems.append(f'--irn_crop_size {cfg.irn_crop_size} is too small: IRN learns from pixel pairs up to '
+                        '10 apart at stride 4, which needs a crop of at least 80')
     if cfg.cam_resize_long[0] > cfg.cam_resize_long[1]:
         problems.append('--cam_resize_long: the first value (min) is above the second (max)')
     if cfg.irn_rescale[0] > cfg.irn_rescale[1]:

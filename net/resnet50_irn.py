@@ -188,5 +188,5 @@ def irn_loss(losses, bg_pos_label: torch.Tensor, fg_pos_label: torch.Tensor, neg
     dp_fg = (dp_fg_loss * fg_pos_label.unsqueeze(1)).sum() / (2 * fg_pos_label.sum() + 1e-5)
     dp_bg = (dp_bg_loss * bg_pos_label.unsqueeze(1)).sum() / (2 * bg_pos_label.sum() + 1e-5)
     total = (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2
-    return total, {'pos_aff': float(pos_aff), 'neg_aff': float(neg_aff), 'dp_fg': float(dp_fg),
-                   'dp_bg': float(dp_bg)}
+    return total, {'pos_aff': pos_aff.item(), 'neg_aff': neg_aff.item(), 'dp_fg': dp_fg.item(),
+                   'dp_bg': dp_bg.item()}

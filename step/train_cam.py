@@ -58,9 +58,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += float(loss) * img.shape[0]
+        loss_sum += loss.item() * img.shape[0]
         images += img.shape[0]
-        bar.set_postfix(loss=f'{float(loss):.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
+        bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
     return {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,

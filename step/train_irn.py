@@ -60,7 +60,7 @@ def train_one_epoch(loss_model, loader, optimizer, scheduler, device, cfg: Confi
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value * img.shape[0]
         images += img.shape[0]
-        bar.set_postfix(loss=f'{float(total):.4f}')
+        bar.set_postfix(loss=f'{total.item():.4f}')
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
     stats = {k: v / max(images, 1) for k, v in totals.items()}

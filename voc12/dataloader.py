@@ -90,7 +90,7 @@ def _split_ids(split: str, root: Path, sbd_root: Optional[Path]) -> list[str]:
         main = root / 'ImageSets' / 'Main' / 'trainval.txt'
         if not main.is_file():
             raise BadInputError(f'{main}: missing; train_aug needs --sbd_root or ImageSets/Main/trainval.txt')
-        logger.warning('train_aug without --sbd_root: using ImageSets/Main/trainval minus Segmentation val '
+        _warn_once('train_aug without --sbd_root: using ImageSets/Main/trainval minus Segmentation val '
                        '(not the paper\'s 10,582-image set)')
         pool = read_list_file(main)
     seen, ids = set(), []
@@ -99,6 +99,15 @@ def _split_ids(split: str, root: Path, sbd_root: Optional[Path]) -> list[str]:
             seen.add(image_id)
             ids.append(image_id)
     return sorted(ids)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def image_label_from_xml(path: Path) -> np.ndarray:
@@ -202,15 +211,24 @@ class _EpochSeeded(Dataset):
         return np.random.default_rng((self.seed, self.epoch, index))
 
 
-def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int],
-                    crop_size: int) -> np.ndarray:
+def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
+                    mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[float]]:
     """The reference's CAM training augmentation: random long-side resize (bicubic), horizontal flip,
-    ImageNet normalisation, random crop padded with 0 -> (3, crop, crop) float32."""
-    img = imutils.random_resize_long(img, resize_long[0], resize_long[1], rng)
-    (img,) = imutils.random_lr_flip([img], rng)
-    img = imutils.normalize(img)
-    (img,) = imutils.random_crop([img], crop_size, (0.0,), rng)
-    return imutils.hwc_to_chw(img)
+    ImageNet normalisation, random crop padded with 0 -> (3, crop, crop) float32.
+
+    An optional (H, W) mask (CDA's pasted pixels) follows the same geometry (nearest neighbour); the
+    second value returned is then the share of its resized pixels that survive the crop, else None.
+    """
+    target_long = int(rng.integers(resize_long[0], resize_long[1] + 1))
+    scale = target_long / max(img.shape[:2])
+    img = imutils.pil_rescale(img, scale, 3)
+    images = [img] if mask is None else [img, imutils.pil_rescale(mask.astype(np.uint8), scale, 0)]
+    images = imutils.random_lr_flip(images, rng)
+    images[0] = imutils.normalize(images[0])
+    resized_count = int(images[1].sum()) if mask is not None else 0
+    images = imutils.random_crop(images, crop_size, (0.0, 0), rng)
+    visible = None if mask is None else float(images[1].sum()) / max(resized_count, 1)
+    return imutils.hwc_to_chw(images[0]), visible
 
 
 class ClassificationDataset(_EpochSeeded):
@@ -230,7 +248,7 @@ class ClassificationDataset(_EpochSeeded):
 
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
-        img = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size)
+        img, _ = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size)
         return {'name': self.ids[index], 'img': torch.from_numpy(img),
                 'label': torch.from_numpy(self.labels[self.ids[index]])}
 

@@ -1,0 +1,139 @@
+"""Run the IRNet (+ CDA) pipeline: each step switchable from the command line.
+
+    python run_sample.py                          # demo: synthetic VOC-format data, baseline + CDA, CPU
+    python run_sample.py --voc12_root VOC2012     # the paper's baseline on PASCAL VOC 2012
+    python run_sample.py --voc12_root VOC2012 --cda
+    torchrun --nproc_per_node 4 run_sample.py --voc12_root VOC2012 --cda
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from misc.config import Config, parse_config, with_stage
+from misc.imutils import BadInputError
+
+logger = logging.getLogger('run_sample')
+
+# step name -> (module, pass stage)
+STEP_MODULES = {
+    'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',
+    'cam_to_ir_label': 'step.cam_to_ir_label', 'train_irn': 'step.train_irn',
+    'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
+    'make_object_bank': 'step.make_object_bank',
+}
+
+
+def setup_logging(cfg: Config, main_process: bool) -> None:
+    handlers: list[logging.Handler] = []
+    if main_process:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter('%(message)s'))
+        handlers.append(console)
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(cfg.work_dir / 'log.txt')
+        log_file.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s'))
+        handlers.append(log_file)
+    else:
+        handlers.append(logging.NullHandler())
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+
+
+def step_config(cfg: Config, step: str) -> tuple[str, Config]:
+    """The module and the stage-specific config of a step name (cda_* steps run in the cda stage)."""
+    if step.startswith('cda_'):
+        return STEP_MODULES[step[len('cda_'):]], with_stage(cfg, 'cda')
+    return STEP_MODULES[step], cfg
+
+
+def prepare_dataset(cfg: Config) -> None:
+    from misc import torchutils
+    from voc12 import dataloader
+    if cfg.voc12_root is None:
+        if torchutils.is_main_process():
+            from voc12.synthetic import generate
+            logger.info('no --voc12_root: using a synthetic VOC-format dataset (%d train, %d val, %d px, '
+                        'context bias %.2f) in %s', cfg.synthetic_n_train, cfg.synthetic_n_val,
+                        cfg.synthetic_size, cfg.context_bias, cfg.dataset_root)
+            generate(cfg.dataset_root, n_train=cfg.synthetic_n_train, n_val=cfg.synthetic_n_val,
+                     size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed)
+        torchutils.barrier()
+    dataloader.check_voc_root(cfg.dataset_root)
+
+
+def check_work_dir(work_dir: Path) -> None:
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        probe = work_dir / '.write_test'
+        probe.write_bytes(b'0' * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise BadInputError(f'--work_dir {work_dir}: not writable ({e.strerror}); choose another folder') from None
+
+
+def run_pipeline(cfg: Config) -> dict:
+    from misc import torchutils
+    from misc.report import write_summary, write_report
+    results = {}
+    for step in cfg.steps:
+        module_name, step_cfg = step_config(cfg, step)
+        logger.info('== %s', step)
+        start = time.perf_counter()
+        results[step] = importlib.import_module(module_name).run(step_cfg)
+        elapsed = time.perf_counter() - start
+        timing = {'seconds': round(elapsed, 2)}
+        results[step] = dict(results[step] or {}, **timing) if isinstance(results[step], dict) else timing
+        logger.info('%s done in %.1f s', step, elapsed)
+    if torchutils.is_main_process():
+        summary = write_summary(cfg, {k: v.get('seconds') for k, v in results.items()})
+        if summary is not None:
+            logger.info('\n%s', summary)
+        report = write_report(cfg)
+        if report is not None:
+            logger.info('report: %s', report)
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_config(argv)
+    try:
+        import torch
+        from misc import torchutils
+        device = torchutils.select_device(cfg.device)
+        torchutils.init_distributed(device)
+        check_work_dir(cfg.work_dir)
+        setup_logging(cfg, torchutils.is_main_process())
+        torchutils.seed_everything(cfg.seed, cfg.deterministic)
+        if cfg.num_workers == 0:
+            torch.set_num_threads(torch.get_num_threads())
+        logger.info('profile %s, device %s, %d process(es), steps: %s', cfg.profile, device,
+                    torchutils.world_size(), ', '.join(cfg.steps))
+        prepare_dataset(cfg)
+        if torchutils.is_main_process():
+            from misc.metrics import write_json
+            import json
+            write_json(cfg.work_dir / 'config.json', json.loads(cfg.to_json()))
+        run_pipeline(cfg)
+    except BadInputError as e:
+        if cfg.debug:
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted: finished outputs are kept; run the same command again to go on '
+              '(training steps with --resume)', file=sys.stderr)
+        return 130
+    finally:
+        from misc import torchutils
+        if torchutils.is_distributed():
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

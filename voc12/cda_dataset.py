@@ -1,0 +1,69 @@
+"""CDA's training pairs: each image, and the same image with a foreign object pasted in.
+
+For each image the pasted class is drawn uniformly among the classes absent from the image that have
+at least one object in the bank, and the object uniformly within that class; the pasted image's label
+is the image's labels plus that class. The paste is done on the full image; the usual random
+resize / flip / crop are then drawn independently for the original and the pasted image. With
+`min_visible` > 0, a pasted class whose pixels mostly fall outside the crop (less than that share
+survives) is dropped from the label; 0 keeps the reference's behaviour (always labelled).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from misc.cda import VARIANTS, ObjectBank, paste_object
+from voc12.dataloader import ClassificationDataset, augment_for_cam
+
+logger = logging.getLogger(__name__)
+_warned_no_class = False
+
+
+def choose_paste_class(label: np.ndarray, available: Sequence[int], rng: np.random.Generator) -> int | None:
+    """A class index absent from `label` (20,) and present in the bank, uniformly; None if there is none."""
+    candidates = [c for c in available if label[c] == 0]
+    if not candidates:
+        return None
+    return int(candidates[int(rng.integers(len(candidates)))])
+
+
+class CDAClassificationDataset(ClassificationDataset):
+    """{'name', 'img', 'label', 'aug_img', 'aug_label', 'pasted_class' (-1 when none)}."""
+
+    def __init__(self, ids, root: Path, labels: dict[str, np.ndarray], bank: ObjectBank,
+                 resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
+                 variant: str = 'rotate', min_visible: float = 0.0):
+        super().__init__(ids, root, labels, resize_long, crop_size, seed)
+        self.bank = bank
+        self.paste_options = VARIANTS[variant]
+        self.min_visible = min_visible
+
+    def __getitem__(self, index: int) -> dict:
+        global _warned_no_class
+        rng = self.rng(index)
+        image_id = self.ids[index]
+        label = self.labels[image_id]
+        original = self.load(index)
+        pasted_class = choose_paste_class(label, self.bank.classes, rng)
+        aug_label = label.copy()
+        if pasted_class is None:
+            if not _warned_no_class:
+                logger.warning('%s: no class absent from the image has objects in the bank; this pair (and '
+                               'any like it) uses the unpasted image', image_id)
+                _warned_no_class = True
+            aug_source, pasted = original, np.zeros(original.shape[:2], bool)
+        else:
+            obj_img, obj_mask = self.bank.sample(pasted_class, rng)
+            aug_source, pasted = paste_object(original, obj_img, obj_mask, rng, **self.paste_options)
+            aug_label[pasted_class] = 1.0
+        img, _ = augment_for_cam(original, rng, self.resize_long, self.crop_size)
+        aug_img, visible = augment_for_cam(aug_source, rng, self.resize_long, self.crop_size, mask=pasted)
+        if pasted_class is not None and visible < self.min_visible:
+            aug_label[pasted_class] = 0.0
+        return {'name': image_id, 'img': torch.from_numpy(img), 'label': torch.from_numpy(label),
+                'aug_img': torch.from_numpy(aug_img), 'aug_label': torch.from_numpy(aug_label),
+                'pasted_class': pasted_class if pasted_class is not None else -1}
