@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import logging
 import sys
 import time
@@ -68,7 +69,7 @@ def prepare_dataset(cfg: Config) -> None:
 def check_work_dir(work_dir: Path) -> None:
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
-        probe = work_dir / '.write_test'
+        probe = work_dir / f'.write_test.{os.getpid()}'
         probe.write_bytes(b'0' * 1024)
         probe.unlink()
     except OSError as e:

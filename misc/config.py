@@ -199,7 +199,7 @@ class _BoolFlag(argparse.Action):
             if option.startswith('--'):
                 negatives += [f'--no-{option[2:]}', f'--no_{option[2:]}']
         kwargs.pop('nargs', None)
-        super().__init__(positive + negatives, dest, nargs='?', **kwargs)
+        super().__init__(positive + negatives, dest, nargs='?', type=str2bool, **kwargs)
         self._negatives = set(negatives)
 
     def __call__(self, parser, namespace, values, option_string=None):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from voc12.classes import voc_palette
 
@@ -86,8 +86,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-                array = np.asarray(image, dtype=np.float64)
-                array = array / max(float(array.max()), 1.0) * 255.0
+                # 16-bit samples scaled to 8 bits over their full range (65535 -> 255)
+                array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
                 return np.repeat(array.round().astype(np.uint8)[..., None], 3, axis=2)
             if image.mode != 'RGB':
                 image = image.convert('RGB')
@@ -101,8 +101,6 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise BadInputError(f'{path}: image has shape {array.shape}; expected (H, W, 3)')
     return array
 
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 # ----------------------------------------------------------------------------- resizing
