@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import logging
@@ -27,6 +28,15 @@ STEP_MODULES = {
     'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
     'make_object_bank': 'step.make_object_bank',
 }
+
+
+def one_line(error: Exception) -> str:
+    """The message of an input error, also when it was re-raised from a DataLoader worker (whose message
+    then carries the worker's traceback, ending with the original line)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and 'Traceback' in str(error):
+        return lines[-1].split('BadInputError: ', 1)[-1]
+    return lines[0] if lines else type(error).__name__
 
 
 def setup_logging(cfg: Config, main_process: bool) -> None:
@@ -64,6 +74,11 @@ def prepare_dataset(cfg: Config) -> None:
                      size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed)
         torchutils.barrier()
     dataloader.check_voc_root(cfg.dataset_root)
+    ids: set[str] = set()
+    for spec, default in ((cfg.train_list, 'train_aug'), (cfg.val_list, 'val'), (cfg.infer_list, 'train'),
+                          (cfg.chainer_eval_set, 'train')):
+        ids.update(dataloader.resolve_list(spec, default, cfg.dataset_root, cfg.sbd_root))
+    dataloader.check_images(cfg.dataset_root, sorted(ids))
 
 
 def check_work_dir(work_dir: Path) -> None:
@@ -122,7 +137,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BadInputError as e:
         if cfg.debug:
             raise
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        if cfg.debug or e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f'error: cannot write {e.filename or cfg.work_dir}: {e.strerror}; free space or choose another '
+              '--work_dir (finished outputs are kept, run again to go on)', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('interrupted: finished outputs are kept; run the same command again to go on '

@@ -74,7 +74,7 @@ class Config:
     device: str = 'auto'
     seed: int = 0
     deterministic: bool = False
-    num_workers: int = max(1, (os.cpu_count() or 2) // 2)
+    num_workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
     overwrite: bool = False
     resume: bool = False
     debug: bool = False
@@ -173,8 +173,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # A 2-core CPU, baseline + CDA, every step, within about 15 minutes (measured: see README).
     'demo': dict(
         backbone='resnet18', pretrained='none', synthetic_n_train=400, synthetic_n_val=100,
-        synthetic_size=128, cam_crop_size=128, cam_resize_long=(96, 160), cam_batch_size=32,
-        cam_num_epoches=12, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
+        synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=32,
+        cam_num_epoches=10, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
         irn_crop_size=128, irn_batch_size=16, irn_num_epoches=4, irn_learning_rate=0.1,
         cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5,
     ),

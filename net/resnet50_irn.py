@@ -6,9 +6,6 @@ level for boundaries; 64-128-256 for displacements).
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def evaluate(cfg: Config, ids: list[str], scores_of: Callable[[str], tuple[np.ndarray, np.ndarray]],
              configured: float, name: str) -> dict:
-    """Confusion matrices for the configured threshold and the sweep; metrics written to `name`.json."""
+    """Confusion matrices for the configured threshold and the sweep (one pass over the images)."""
     thresholds = [configured] + [t for t in cfg.sweep if abs(t - configured) > 1e-9]
     matrices = [metrics.ConfusionMatrix() for _ in thresholds]
     for image_id in tqdm(torchutils.shard(ids), desc=name, disable=not torchutils.is_main_process()):
@@ -42,7 +42,6 @@ def evaluate(cfg: Config, ids: list[str], scores_of: Callable[[str], tuple[np.nd
         if cfg.sweep:
             logger.info('%s sweep:\n%s', name, metrics.format_sweep([r['threshold'] for r in out['sweep']],
                                                                     [r['miou'] for r in out['sweep']], configured))
-        metrics.write_json(cfg.metrics_dir / f'{name}.json', out)
     return out
 
 
@@ -54,4 +53,7 @@ def run(cfg: Config) -> dict:
     def scores_of(image_id: str):
         with np.load(output_of(image_id)) as cam:
             return cam['high_res'], cam['keys']
-    return evaluate(cfg, ids, scores_of, cfg.cam_eval_thres, 'eval_cam')
+    result = evaluate(cfg, ids, scores_of, cfg.cam_eval_thres, 'eval_cam')
+    if torchutils.is_main_process():
+        metrics.write_json(cfg.metrics_dir / 'eval_cam.json', result)
+    return result

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import torch
 
-from misc import imutils
+from misc import imutils, metrics, torchutils
 from misc.config import Config
 from step import common
 from step.eval_cam import evaluate
@@ -42,8 +42,6 @@ def run(cfg: Config) -> dict:
     result.update(bg_fp=fp[0], bg_fn=fn[0], fg_fp=float(np.nanmean(fp[1:])), fg_fn=float(np.nanmean(fn[1:])))
     logger.info('pseudo masks: background FP %.3f FN %.3f; foreground mean FP %.3f FN %.3f',
                 result['bg_fp'], result['bg_fn'], result['fg_fp'], result['fg_fn'])
-    from misc.metrics import write_json
-    from misc.torchutils import is_main_process
-    if is_main_process():
-        write_json(cfg.metrics_dir / 'eval_sem_seg.json', result)
+    if torchutils.is_main_process():
+        metrics.write_json(cfg.metrics_dir / 'eval_sem_seg.json', result)
     return result

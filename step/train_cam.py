@@ -139,8 +139,11 @@ def run(cfg: Config) -> dict:
         logger.info('resumed CAM training from %s after epoch %d', checkpoint_path, start_epoch)
     ddp_model = model
     if torchutils.is_distributed():
+        if device.type == 'cuda' and cfg.pretrained == 'none':
+            # trainable BN: statistics over the global batch, as in a single process
+            ddp_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
+            ddp_model, device_ids=[device.index] if device.type == 'cuda' else None)
     history = []
     for epoch in range(start_epoch, cfg.cam_num_epoches):
         train_set.set_epoch(epoch)

@@ -110,6 +110,31 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
+def check_images(root: Path, ids: Sequence[str]) -> None:
+    """Cheap up-front checks of every listed image, so a broken file fails at once with its name rather
+    than deep into training: the header must decode to a usable mode and a JPEG must not be truncated."""
+    from PIL import Image
+    usable = {'RGB', 'L', 'P', 'RGBA', 'CMYK', 'LA', 'I;16', 'I;16B', 'I;16L', 'I', 'YCbCr', '1'}
+    for image_id in ids:
+        path = Path(root) / IMG_DIR / f'{image_id}.jpg'
+        try:
+            with Image.open(path) as image:
+                mode, fmt, size = image.mode, image.format, image.size
+        except (OSError, SyntaxError) as e:
+            raise BadInputError(f'{path}: not a readable image ({e}); replace it or drop {image_id} from the list') \
+                from None
+        if mode not in usable:
+            raise BadInputError(f'{path}: image mode {mode} cannot be converted to RGB; convert the file to RGB')
+        if min(size) < 1:
+            raise BadInputError(f'{path}: empty image ({size[0]}x{size[1]})')
+        if fmt == 'JPEG':
+            with open(path, 'rb') as f:
+                f.seek(-2, 2)
+                if f.read(2) != b'\xff\xd9':
+                    raise BadInputError(f'{path}: truncated JPEG (no end-of-image marker); re-download or '
+                                        f'replace it, or drop {image_id} from the list')
+
+
 def image_label_from_xml(path: Path) -> np.ndarray:
     """(20,) float32 multi-hot vector of the object names in a VOC annotation file."""
     label = np.zeros(N_CAT, np.float32)
