@@ -175,15 +175,23 @@ def boundary_map(net: Net, img_pair: torch.Tensor, crop_size: int = 512, stride:
 
 
 def irn_loss(losses, bg_pos_label: torch.Tensor, fg_pos_label: torch.Tensor, neg_label: torch.Tensor,
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The reference's total loss: (pos_aff + neg_aff)/2 + (dp_fg + dp_bg)/2, each term averaged over its pairs."""
+             pair_counts: torch.Tensor | None = None, world: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
+    """The reference's total loss: (pos_aff + neg_aff)/2 + (dp_fg + dp_bg)/2, each term averaged over its pairs.
+
+    Under DDP, `pair_counts` are the (bg_pos, fg_pos, neg) pair counts summed over all ranks and `world`
+    the number of ranks: each rank then divides its sums by the global counts and scales by `world`,
+    so that DDP's gradient averaging gives exactly the single-process gradient of the global batch.
+    """
     pos_aff_loss, neg_aff_loss, dp_fg_loss, dp_bg_loss = losses
-    bg_pos_aff = (bg_pos_label * pos_aff_loss).sum() / (bg_pos_label.sum() + 1e-5)
-    fg_pos_aff = (fg_pos_label * pos_aff_loss).sum() / (fg_pos_label.sum() + 1e-5)
+    if pair_counts is None:
+        pair_counts = torch.stack([bg_pos_label.sum(), fg_pos_label.sum(), neg_label.sum()])
+    n_bg, n_fg, n_neg = pair_counts
+    bg_pos_aff = (bg_pos_label * pos_aff_loss).sum() / (n_bg + 1e-5)
+    fg_pos_aff = (fg_pos_label * pos_aff_loss).sum() / (n_fg + 1e-5)
     pos_aff = bg_pos_aff / 2 + fg_pos_aff / 2
-    neg_aff = (neg_label * neg_aff_loss).sum() / (neg_label.sum() + 1e-5)
-    dp_fg = (dp_fg_loss * fg_pos_label.unsqueeze(1)).sum() / (2 * fg_pos_label.sum() + 1e-5)
-    dp_bg = (dp_bg_loss * bg_pos_label.unsqueeze(1)).sum() / (2 * bg_pos_label.sum() + 1e-5)
-    total = (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2
+    neg_aff = (neg_label * neg_aff_loss).sum() / (n_neg + 1e-5)
+    dp_fg = (dp_fg_loss * fg_pos_label.unsqueeze(1)).sum() / (2 * n_fg + 1e-5)
+    dp_bg = (dp_bg_loss * bg_pos_label.unsqueeze(1)).sum() / (2 * n_bg + 1e-5)
+    total = ((pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2) * world
     return total, {'pos_aff': pos_aff.item(), 'neg_aff': neg_aff.item(), 'dp_fg': dp_fg.item(),
                    'dp_bg': dp_bg.item()}

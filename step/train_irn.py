@@ -50,7 +50,11 @@ def train_one_epoch(loss_model, loader, optimizer, scheduler, device, cfg: Confi
         with torchutils.autocast(device, cfg.amp):
             losses = loss_model(img)
         losses = [loss.float() for loss in losses]
-        total, parts = importlib.import_module(cfg.irn_network).irn_loss(losses, *labels)
+        counts = None
+        if torchutils.is_distributed():
+            counts = torchutils.all_reduce_sum(torch.stack([label.sum() for label in labels]).detach())
+        total, parts = importlib.import_module(cfg.irn_network).irn_loss(losses, *labels, pair_counts=counts,
+                                                                          world=torchutils.world_size())
         if not torch.isfinite(total):
             raise FloatingPointError(f'non-finite IRN loss at epoch {epoch + 1}; lower --irn_learning_rate')
         optimizer.zero_grad(set_to_none=True)
