@@ -115,6 +115,7 @@ class Config:
     cda_min_visible: float = 0.0
     cda_schedule: str = 'quirk'                # quirk: the reference's half-length poly decay; full
     cda_variant: str = 'rotate'                # rotate | scale | blur (the reference's three pastes)
+    cda_paste_context: str = 'any'             # any (CDA) | usual | foreign: synthetic-data control experiment
     # ---- synthetic dataset (used when voc12_root is None)
     synthetic_n_train: int = 400
     synthetic_n_val: int = 100
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--cda_min_visible', type=unit_float)
     g.add_argument('--cda_schedule', choices=('quirk', 'full'))
     g.add_argument('--cda_variant', choices=('rotate', 'scale', 'blur'))
+    g.add_argument('--cda_paste_context', choices=('any', 'usual', 'foreign'),
+                   help='control experiment on the synthetic dataset: paste only classes whose usual scene '
+                        'is (usual) or is not (foreign) the image\'s scene; any = CDA')
 
     g = p.add_argument_group('synthetic dataset')
     g.add_argument('--synthetic_n_train', '--n_train', type=positive_int)
@@ -363,6 +367,9 @@ def validate(cfg: Config) -> list[str]:
     if cfg.pretrained not in ('imagenet', 'none') and not Path(cfg.pretrained).is_file():
         problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path '
                         'of a torchvision ResNet state dict')
+    if cfg.cda_paste_context != 'any' and cfg.voc12_root is not None \
+            and not (cfg.voc12_root / 'scenes.json').is_file():
+        problems.append('--cda_paste_context needs the synthetic dataset (its scenes.json); use any on real data')
     if cfg.device == 'cuda':
         import torch
         if not torch.cuda.is_available():

@@ -93,9 +93,11 @@ def make_datasets(cfg: Config):
         from misc.cda import ObjectBank
         bank = ObjectBank.load(cfg.object_bank_dir)
         train = CDAClassificationDataset(ids, root, labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
-                                         seed=cfg.seed, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible)
+                                         seed=cfg.seed, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
+                                         paste_context=cfg.cda_paste_context)
         val = CDAClassificationDataset(v_ids, root, v_labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
-                                       seed=cfg.seed + 1, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible)
+                                       seed=cfg.seed + 1, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
+                                       paste_context=cfg.cda_paste_context)
         return train, val, cfg.cam_batch_size // 2
     train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed)
     val = dataloader.ClassificationDataset(v_ids, root, v_labels, cfg.cam_resize_long, cfg.cam_crop_size,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 _warned_no_class = False
 
 
-def choose_paste_class(label: np.ndarray, available: Sequence[int], rng: np.random.Generator) -> int | None:
-    """A class index absent from `label` (20,) and present in the bank, uniformly; None if there is none."""
+def choose_paste_class(label: np.ndarray, available: Sequence[int], rng: np.random.Generator,
+                       allowed: Optional[Callable[[int], bool]] = None) -> int | None:
+    """A class index absent from `label` (20,) and present in the bank, uniformly; None if there is none.
+    `allowed` narrows the candidates (the usual/foreign-context control), falling back to all of them."""
     candidates = [c for c in available if label[c] == 0]
+    if allowed is not None and any(allowed(c) for c in candidates):
+        candidates = [c for c in candidates if allowed(c)]
     if not candidates:
         return None
     return int(candidates[int(rng.integers(len(candidates)))])
@@ -36,11 +40,25 @@ class CDAClassificationDataset(ClassificationDataset):
 
     def __init__(self, ids, root: Path, labels: dict[str, np.ndarray], bank: ObjectBank,
                  resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
-                 variant: str = 'rotate', min_visible: float = 0.0):
+                 variant: str = 'rotate', min_visible: float = 0.0, paste_context: str = 'any'):
         super().__init__(ids, root, labels, resize_long, crop_size, seed)
         self.bank = bank
         self.paste_options = VARIANTS[variant]
         self.min_visible = min_visible
+        self.paste_context = paste_context
+        self.scenes: dict[str, str] = {}
+        if paste_context != 'any':
+            import json
+            self.scenes = json.loads((Path(root) / 'scenes.json').read_text())
+
+    def _context_filter(self, image_id: str) -> Optional[Callable[[int], bool]]:
+        if self.paste_context == 'any':
+            return None
+        from voc12.synthetic import USUAL_SCENE
+        scene = self.scenes[image_id]
+        if self.paste_context == 'usual':
+            return lambda c: USUAL_SCENE[c] == scene
+        return lambda c: USUAL_SCENE[c] != scene
 
     def __getitem__(self, index: int) -> dict:
         global _warned_no_class
@@ -48,7 +66,7 @@ class CDAClassificationDataset(ClassificationDataset):
         image_id = self.ids[index]
         label = self.labels[image_id]
         original = self.load(index)
-        pasted_class = choose_paste_class(label, self.bank.classes, rng)
+        pasted_class = choose_paste_class(label, self.bank.classes, rng, self._context_filter(image_id))
         aug_label = label.copy()
         if pasted_class is None:
             if not _warned_no_class:
