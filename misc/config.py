@@ -174,10 +174,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # A 2-core CPU, baseline + CDA, every step, within about 15 minutes (measured: see README).
     'demo': dict(
         backbone='resnet18', pretrained='none', synthetic_n_train=400, synthetic_n_val=100,
-        synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=32,
-        cam_num_epoches=10, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
-        irn_crop_size=128, irn_batch_size=16, irn_num_epoches=4, irn_learning_rate=0.1,
-        cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5,
+        synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=16,
+        cam_num_epoches=12, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
+        irn_crop_size=128, irn_batch_size=16, irn_num_epoches=6, irn_learning_rate=0.1,
     ),
     # Seconds to a couple of minutes: tests and CI.
     'smoke': dict(

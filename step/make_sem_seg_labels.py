@@ -32,9 +32,17 @@ def _as_tensor(x) -> torch.Tensor:
 
 
 def upsample_scores(rw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(K, 1, h, w) random-walk output -> (K, H, W) scores, x4 bilinear, cropped, divided by the max."""
+    """(K, 1, h, w) random-walk output -> (K, H, W) scores, x4 bilinear, cropped, divided by the max.
+
+    Where every CAM of the image is zero (the classifier missed all its classes) the reference divides
+    0 by 0 and its argmax then paints the whole image with the first class; here the scores stay 0, so
+    the mask is background.
+    """
     up = F.interpolate(rw, scale_factor=4, mode='bilinear', align_corners=False)[..., 0, :size[0], :size[1]]
-    return up / torch.max(up)
+    if up.numel() == 0:
+        return up
+    peak = torch.max(up)
+    return up / peak if peak > 0 else torch.zeros_like(up)
 
 
 def random_walk_scores(cams, edge, beta: float = 10, exp_times: int = 8) -> torch.Tensor:
