@@ -158,6 +158,33 @@ def save_checkpoint(path: Path, **payload) -> None:
         torch.save(payload, tmp)
 
 
+def save_epoch_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, config_json: str) -> None:
+    """Everything `--resume` needs to go on after `epoch` (0-based) as if never stopped."""
+    save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_states(), config=config_json)
+
+
+def resume_training(path: Path, model, optimizer, scheduler) -> int:
+    """Restore an epoch checkpoint into the given objects; returns the epoch to start from."""
+    state = load_checkpoint(path)
+    model.load_state_dict(state['model'])
+    optimizer.load_state_dict(state['optimizer'])
+    scheduler.load_state_dict(state['scheduler'])
+    set_rng_states(state['rng'])
+    logger.info('resumed from %s after epoch %d', path, state['epoch'] + 1)
+    return state['epoch'] + 1
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun (SyncBatchNorm first if asked, CUDA only); else the model."""
+    if not is_distributed():
+        return model
+    if sync_bn and device.type == 'cuda':
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda'
+                                                     else None)
+
+
 def load_checkpoint(path: Path, map_location='cpu') -> dict:
     # Our own checkpoints hold RNG states (numpy tuples) besides tensors, hence weights_only=False;
     # they are only ever read from the run's own work dir.

@@ -132,20 +132,9 @@ def run(cfg: Config) -> dict:
                                                cfg.cam_weight_decay, max_steps(cfg, len(train_set), steps_per_epoch))
     start_epoch = 0
     if cfg.resume and checkpoint_path.is_file():
-        state = torchutils.load_checkpoint(checkpoint_path)
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        torchutils.set_rng_states(state['rng'])
-        start_epoch = state['epoch'] + 1
-        logger.info('resumed CAM training from %s after epoch %d', checkpoint_path, start_epoch)
-    ddp_model = model
-    if torchutils.is_distributed():
-        if device.type == 'cuda' and cfg.pretrained == 'none':
-            # trainable BN: statistics over the global batch, as in a single process
-            ddp_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            ddp_model, device_ids=[device.index] if device.type == 'cuda' else None)
+        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
+    # trainable BN (from scratch): statistics over the global batch, as in a single process
+    ddp_model = torchutils.wrap_ddp(model, device, sync_bn=cfg.pretrained == 'none')
     history = []
     for epoch in range(start_epoch, cfg.cam_num_epoches):
         train_set.set_epoch(epoch)
@@ -157,9 +146,7 @@ def run(cfg: Config) -> dict:
         logger.info('train_cam%s epoch %d/%d: loss %.4f, val loss %.4f, %.1f img/s (data %.1fs of %.1fs)',
                     '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'],
                     stats['val_loss'], stats['images_per_s'], stats['data_seconds'], stats['seconds'])
-        torchutils.save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                   scheduler=scheduler.state_dict(), epoch=epoch, rng=torchutils.rng_states(),
-                                   config=cfg.to_json())
+        torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
     torchutils.barrier()
     return {'epochs': history, 'max_step': max_steps(cfg, len(train_set), steps_per_epoch),

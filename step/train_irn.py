@@ -114,17 +114,8 @@ def run(cfg: Config) -> dict:
                                                cfg.irn_weight_decay, max_step)
     start_epoch = 0
     if cfg.resume and checkpoint_path.is_file():
-        state = torchutils.load_checkpoint(checkpoint_path)
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        torchutils.set_rng_states(state['rng'])
-        start_epoch = state['epoch'] + 1
-        logger.info('resumed IRN training from %s after epoch %d', checkpoint_path, start_epoch)
-    ddp_model = loss_model
-    if torchutils.is_distributed():
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            loss_model, device_ids=[device.index] if device.type == 'cuda' else None)
+        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
+    ddp_model = torchutils.wrap_ddp(loss_model, device)
     history = []
     for epoch in range(start_epoch, cfg.irn_num_epoches):
         dataset.set_epoch(epoch)
@@ -136,9 +127,7 @@ def run(cfg: Config) -> dict:
                     '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.irn_num_epoches,
                     ', '.join(f'{k} {stats[k]:.4f}' for k in ('pos_aff', 'neg_aff', 'dp_fg', 'dp_bg') if k in stats),
                     stats['images_per_s'], stats['data_seconds'], stats['seconds'])
-        torchutils.save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                   scheduler=scheduler.state_dict(), epoch=epoch, rng=torchutils.rng_states(),
-                                   config=cfg.to_json())
+        torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
     mean_shift = measure_mean_shift(model.to(device), cfg, device)
     model.mean_shift.running_mean.copy_(mean_shift.to(device))
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
