@@ -316,7 +316,8 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
     values['profile'] = profile
 
     switches = {k[:-len('_pass')]: v for k, v in explicit.items() if k.endswith('_pass')}
-    cda, cda_only = explicit.pop('cda', False), explicit.pop('cda_only', False)
+    explicit_cda = explicit.pop('cda', None)
+    cda, cda_only = bool(explicit_cda), explicit.pop('cda_only', False)
     steps_arg = explicit.pop('steps', None)
     for key, value in explicit.items():
         if key.endswith('_pass'):
@@ -330,8 +331,8 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
             parser.error(f'unknown step(s) {",".join(unknown)}; known: {",".join(ALL_STEPS)}')
     elif cda_only:
         steps = list(CDA_STEPS)
-    elif cda:
-        steps = list(ALL_STEPS)
+    elif cda or (profile == 'demo' and explicit_cda is None):
+        steps = list(ALL_STEPS)             # the demo shows baseline and CDA unless told otherwise
     else:
         steps = list(PASS_STEPS)
     for step, on in switches.items():
