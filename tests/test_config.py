@@ -13,7 +13,14 @@ from misc.indexing import PathIndex
 
 
 def steps_of(*argv: str) -> tuple[str, ...]:
-    return parse_config(list(argv)).steps
+    """Steps chosen by `argv` on the smoke profile (the demo profile adds the CDA pass by default)."""
+    return parse_config(['--profile', 'smoke', *argv]).steps
+
+
+def test_demo_default_runs_baseline_and_cda() -> None:
+    assert parse_config([]).steps == ALL_STEPS
+    assert parse_config(['--cda', 'false']).steps == PASS_STEPS
+    assert parse_config(['--profile', 'paper']).steps == PASS_STEPS
 
 
 def rejected(argv: list[str], capsys: pytest.CaptureFixture) -> str:
@@ -193,7 +200,7 @@ def test_cda_flags_choose_the_steps(capsys) -> None:
 def test_cda_needs_a_batch_of_two(capsys) -> None:
     assert '--cam_batch_size' in rejected(['--cam_batch_size', '1', '--cda'], capsys)
     assert '--cam_batch_size' in rejected(['--cam_batch_size', '1', '--cda_only'], capsys)
-    assert parse_config(['--cam_batch_size', '1']).cam_batch_size == 1       # fine without CDA
+    assert parse_config(['--cam_batch_size', '1', '--cda', 'false']).cam_batch_size == 1   # fine without CDA
     assert parse_config(['--cam_batch_size', '2', '--cda']).cam_batch_size == 2
 
 
