@@ -2,7 +2,8 @@
 
 Label = the class of the foreground pass (background score `conf_fg_thres`) where it found one; 0
 where the background pass (score `conf_bg_thres`) also says background; 255 (unknown) elsewhere.
-The CRF is CPU work, so the images are spread over `--num_workers` processes.
+The CRF is CPU work, so the images are spread over `--num_workers` processes; the per-image core
+lives in misc/crf.py, free of torch, so that those processes start quickly.
 """
 from __future__ import annotations
 
@@ -11,59 +12,15 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from misc import imutils, torchutils
+from misc import torchutils
 from misc.config import Config
+from misc.crf import cam_to_ir_label, crf_inference_label, label_one_image
 from step import common
 
+__all__ = ['cam_to_ir_label', 'crf_inference_label', 'run']
 logger = logging.getLogger(__name__)
-
-
-def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int, t: int = 10,
-                        gt_prob: float = 0.7) -> np.ndarray:
-    """Dense CRF on `img` (H, W, 3) uint8 from a hard label map (H, W); returns the refined (H, W) labels."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_labels
-
-    height, width = img.shape[:2]
-    crf = dcrf.DenseCRF2D(width, height, n_labels)
-    crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False))
-    crf.addPairwiseGaussian(sxy=3, compat=3)
-    crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
-    q = crf.inference(t)
-    return np.argmax(np.asarray(q).reshape((n_labels, height, width)), axis=0)
-
-
-def cam_to_ir_label(img, cams, keys, conf_fg_thres: float = 0.30, conf_bg_thres: float = 0.05) -> np.ndarray:
-    """img (H, W, 3) uint8 RGB, cams (K, H, W) high-res CAMs, keys (K,) class indices 0..19 -> (H, W) uint8."""
-    img = np.asarray(img, dtype=np.uint8)
-    cams = np.asarray(cams.detach().cpu() if hasattr(cams, 'detach') else cams, dtype=np.float32)
-    keys = np.asarray(keys.detach().cpu() if hasattr(keys, 'detach') else keys).astype(np.int64)
-    lookup = np.concatenate([[0], keys + 1])
-
-    def confident(threshold: float) -> np.ndarray:
-        padded = np.concatenate([np.full((1,) + cams.shape[1:], threshold, np.float32), cams])
-        return lookup[crf_inference_label(img, np.argmax(padded, axis=0), n_labels=len(lookup))]
-
-    fg_conf, bg_conf = confident(conf_fg_thres), confident(conf_bg_thres)
-    label = fg_conf.copy()
-    label[fg_conf == 0] = 255
-    label[(fg_conf == 0) & (bg_conf == 0)] = 0
-    return label.astype(np.uint8)
-
-
-def _one_image(job: tuple) -> str:
-    image_id, image_path, cam_path, out_path, fg, bg = job
-    img = imutils.read_rgb(image_path)
-    with np.load(cam_path) as cam:
-        high_res, keys = cam['high_res'], cam['keys']
-    if high_res.shape[1:] != img.shape[:2]:
-        raise imutils.BadInputError(f'{cam_path}: CAM is {high_res.shape[1:]} but {image_path} is '
-                                    f'{img.shape[:2]}; rerun make_cam with --overwrite')
-    imutils.save_label_png(out_path, cam_to_ir_label(img, high_res, keys, fg, bg))
-    return image_id
 
 
 def run(cfg: Config) -> dict:
@@ -78,10 +35,10 @@ def run(cfg: Config) -> dict:
     if cfg.num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=cfg.num_workers,
                                  mp_context=multiprocessing.get_context('spawn')) as pool:
-            for _ in tqdm(pool.map(_one_image, jobs, chunksize=4), **bar):
+            for _ in tqdm(pool.map(label_one_image, jobs, chunksize=4), **bar):
                 pass
     else:
         for job in tqdm(jobs, **bar):
-            _one_image(job)
+            label_one_image(job)
     torchutils.barrier()
     return {'images': len(jobs)}

@@ -1,0 +1,55 @@
+"""Dense-CRF IR labels of one image: the per-image core of step/cam_to_ir_label.py.
+
+Kept free of torch so that the CRF worker processes start in a fraction of a second.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from misc import imutils
+
+
+def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int, t: int = 10,
+                        gt_prob: float = 0.7) -> np.ndarray:
+    """Dense CRF on `img` (H, W, 3) uint8 from a hard label map (H, W); returns the refined (H, W) labels."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    height, width = img.shape[:2]
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
+    q = crf.inference(t)
+    return np.argmax(np.asarray(q).reshape((n_labels, height, width)), axis=0)
+
+
+def cam_to_ir_label(img, cams, keys, conf_fg_thres: float = 0.30, conf_bg_thres: float = 0.05) -> np.ndarray:
+    """img (H, W, 3) uint8 RGB, cams (K, H, W) high-res CAMs, keys (K,) class indices 0..19 -> (H, W) uint8."""
+    img = np.asarray(img, dtype=np.uint8)
+    cams = np.asarray(cams.detach().cpu() if hasattr(cams, 'detach') else cams, dtype=np.float32)
+    keys = np.asarray(keys.detach().cpu() if hasattr(keys, 'detach') else keys).astype(np.int64)
+    lookup = np.concatenate([[0], keys + 1])
+
+    def confident(threshold: float) -> np.ndarray:
+        padded = np.concatenate([np.full((1,) + cams.shape[1:], threshold, np.float32), cams])
+        return lookup[crf_inference_label(img, np.argmax(padded, axis=0), n_labels=len(lookup))]
+
+    fg_conf, bg_conf = confident(conf_fg_thres), confident(conf_bg_thres)
+    label = fg_conf.copy()
+    label[fg_conf == 0] = 255
+    label[(fg_conf == 0) & (bg_conf == 0)] = 0
+    return label.astype(np.uint8)
+
+
+def label_one_image(job: tuple) -> str:
+    """Worker: read the image and its CAMs, write the IR label PNG; returns the image id."""
+    image_id, image_path, cam_path, out_path, fg, bg = job
+    img = imutils.read_rgb(image_path)
+    with np.load(cam_path) as cam:
+        high_res, keys = cam['high_res'], cam['keys']
+    if high_res.shape[1:] != img.shape[:2]:
+        raise imutils.BadInputError(f'{cam_path}: CAM is {high_res.shape[1:]} but {image_path} is '
+                                    f'{img.shape[:2]}; rerun make_cam with --overwrite')
+    imutils.save_label_png(out_path, cam_to_ir_label(img, high_res, keys, fg, bg))
+    return image_id
