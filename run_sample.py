@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from misc.config import Config, parse_config, with_stage
-from misc.imutils import BadInputError
+from misc.imutils import BadInputError, atomic_path
 
 logger = logging.getLogger('run_sample')
 
@@ -117,22 +117,18 @@ def run_pipeline(cfg: Config) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv)
     try:
-        import torch
         from misc import torchutils
         device = torchutils.select_device(cfg.device)
         torchutils.init_distributed(device)
         check_work_dir(cfg.work_dir)
         setup_logging(cfg, torchutils.is_main_process())
         torchutils.seed_everything(cfg.seed, cfg.deterministic)
-        if cfg.num_workers == 0:
-            torch.set_num_threads(torch.get_num_threads())
         logger.info('profile %s, device %s, %d process(es), steps: %s', cfg.profile, device,
                     torchutils.world_size(), ', '.join(cfg.steps))
         prepare_dataset(cfg)
         if torchutils.is_main_process():
-            from misc.metrics import write_json
-            import json
-            write_json(cfg.work_dir / 'config.json', json.loads(cfg.to_json()))
+            with atomic_path(cfg.work_dir / 'config.json') as tmp:
+                tmp.write_text(cfg.to_json())
         run_pipeline(cfg)
     except BadInputError as e:
         if cfg.debug:
