@@ -18,16 +18,10 @@ from typing import Optional, Sequence
 
 from misc.config import Config, parse_config, with_stage
 from misc.imutils import BadInputError, atomic_path
+from step.registry import module_for
 
 logger = logging.getLogger('run_sample')
 
-# step name -> (module, pass stage)
-STEP_MODULES = {
-    'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',
-    'cam_to_ir_label': 'step.cam_to_ir_label', 'train_irn': 'step.train_irn',
-    'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
-    'make_object_bank': 'step.make_object_bank',
-}
 
 
 def one_line(error: Exception) -> str:
@@ -54,11 +48,12 @@ def setup_logging(cfg: Config, main_process: bool) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
-def step_config(cfg: Config, step: str) -> tuple[str, Config]:
-    """The module and the stage-specific config of a step name (cda_* steps run in the cda stage)."""
+def step_config(cfg: Config, step: str) -> tuple[Optional[str], Config]:
+    """The module (None where the method has no such step) and the stage-specific config of a step
+    name (cda_* steps run in the cda stage)."""
     if step.startswith('cda_'):
-        return STEP_MODULES[step[len('cda_'):]], with_stage(cfg, 'cda')
-    return STEP_MODULES[step], cfg
+        return module_for(cfg.method, step[len('cda_'):]), with_stage(cfg, 'cda')
+    return module_for(cfg.method, step), cfg
 
 
 def prepare_dataset(cfg: Config) -> None:
@@ -97,6 +92,9 @@ def run_pipeline(cfg: Config) -> dict:
     results = {}
     for step in cfg.steps:
         module_name, step_cfg = step_config(cfg, step)
+        if module_name is None:
+            logger.info('== %s: not a step of --method %s, skipped', step, cfg.method)
+            continue
         logger.info('== %s', step)
         start = time.perf_counter()
         results[step] = importlib.import_module(module_name).run(step_cfg)

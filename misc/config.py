@@ -69,6 +69,7 @@ class Config:
     infer_list: Optional[str] = None           # None: Segmentation train
     chainer_eval_set: str = 'train'            # the evaluation split (the reference's flag name)
     stage: str = ''                            # '' for the baseline pass, 'cda' for the CDA pass
+    method: str = 'irn'                        # irn | affinitynet | seam: which steps fill the slots
     # ---- run control
     profile: str = 'paper'
     device: str = 'auto'
@@ -192,6 +193,22 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Per-method settings, applied over PROFILES[profile]: METHOD_PROFILES[method]['paper'] holds the
+# method's published settings (used by every profile unless the method's own profile entry overrides
+# them), METHOD_PROFILES[method][profile] its demo/smoke sizes. Explicit flags override both.
+METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    'irn': {},
+    'affinitynet': {},
+    'seam': {},
+}
+
+
+def profile_values(method: str, profile: str) -> dict[str, Any]:
+    """The defaults of a (method, profile) pair, before explicit flags."""
+    own = METHOD_PROFILES[method]
+    return {**own.get('paper', {}), **PROFILES[profile], **own.get(profile, {})}
+
+
 class _BoolFlag(argparse.Action):
     """`--flag`, `--flag true|false`, `--flag=false`, and the negative forms `--no-flag` / `--no_flag`."""
 
@@ -251,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
                    '(from scratch, trainable BN), or PATH to a torchvision ResNet state dict')
     g.add_argument('--backbone', choices=('resnet50', 'resnet18'))
+    g.add_argument('--method', choices=tuple(METHOD_PROFILES), help='irn (default, ResNet-50), affinitynet '
+                   '(PSA, ResNet-38) or seam (ResNet-38): which steps fill the pipeline, with their paper settings')
     g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(ALL_STEPS)}')
 
     g = p.add_argument_group('CAM')
@@ -312,7 +331,8 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
     explicit = vars(parser.parse_args(argv))
     default_profile = 'paper' if explicit.get('voc12_root') is not None else 'demo'
     profile = explicit.get('profile', default_profile)
-    values: dict[str, Any] = dict(PROFILES[profile])
+    method = explicit.get('method', 'irn')
+    values: dict[str, Any] = profile_values(method, profile)
     values['profile'] = profile
 
     switches = {k[:-len('_pass')]: v for k, v in explicit.items() if k.endswith('_pass')}

@@ -1,0 +1,40 @@
+"""Which step module fills each slot of the pipeline, per method.
+
+Every method runs the same slots in the same order (`misc.config.PASS_STEPS`); the CDA pass repeats
+them from its own CAM network. A slot a method has no step for maps to None and is skipped.
+
+A step module provides:
+  run(cfg) -> dict                 the driver (make_sem_seg slots also take `ids=` so the object bank can
+                                   ask for the pseudo masks of another list)
+  SETTINGS: tuple[str, ...]        the Config fields its outputs depend on (its fingerprint)
+  outputs(cfg) -> list[Path]       files and folders it writes, removed before a redo with new settings
+  extra_inputs(cfg) -> dict        optional: fingerprints of inputs that are not settings (weights files,
+                                   a bank source folder)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+METHODS = ('irn', 'affinitynet', 'seam')
+
+_IRN = {
+    'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',
+    'cam_to_ir_label': 'step.cam_to_ir_label', 'train_irn': 'step.train_irn',
+    'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
+}
+
+STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
+    'irn': _IRN,
+    'affinitynet': {},      # filled by the AffinityNet steps
+    'seam': {},             # filled by the SEAM steps
+}
+
+# Steps outside the per-method pass.
+SHARED_MODULES = {'make_object_bank': 'step.make_object_bank'}
+
+
+def module_for(method: str, slot: str) -> Optional[str]:
+    """The module name of a slot (`make_cam`, ...; without the `cda_` prefix) for a method, or None."""
+    if slot in SHARED_MODULES:
+        return SHARED_MODULES[slot]
+    return STEP_MODULES[method].get(slot)
