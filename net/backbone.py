@@ -5,6 +5,11 @@ Weights are loaded explicitly (never inside a model constructor):
             torch's hub cache (~/.cache/torch/hub/checkpoints, or $TORCH_HOME)
   none      random initialisation; BatchNorm is then trainable, since frozen statistics of an
             untrained network would make every BN layer an identity
+
+With weights, BatchNorm is one of two kinds, as each reference network has it:
+  frozen       statistics and affine fixed (torchvision's FrozenBatchNorm2d): the IRN backbone
+  fixed_stats  statistics fixed (never updated, also in train() mode), affine weight and bias trainable
+               parameters: the CAM network (IRNet's FixedBatchNorm)
   PATH      a torchvision ResNet state dict on disk (offline use), e.g. resnet50-0676ba61.pth
 """
 from __future__ import annotations
@@ -24,21 +29,41 @@ _BUILDERS = {
 }
 
 
+class FixedStatsBatchNorm2d(FrozenBatchNorm2d):
+    """BatchNorm with the stored statistics in every mode and a trainable affine weight and bias.
+
+    It normalises exactly as FrozenBatchNorm2d and has the same state-dict keys; only `weight` and
+    `bias` become parameters.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__(num_features, eps)
+        for name in ('weight', 'bias'):
+            value = self._buffers.pop(name)
+            setattr(self, name, nn.Parameter(value))
+
+
+_NORM_LAYERS = {'frozen': FrozenBatchNorm2d, 'fixed_stats': FixedStatsBatchNorm2d}
+
+
 def stage_channels(arch: str) -> tuple[int, int, int, int, int]:
     """Output channels of (stem, layer1, layer2, layer3, layer4)."""
     return (64, 256, 512, 1024, 2048) if arch == 'resnet50' else (64, 64, 128, 256, 512)
 
 
-def build_resnet(arch: str, pretrained: str, load_weights: bool = True) -> torchvision.models.ResNet:
+def build_resnet(arch: str, pretrained: str, load_weights: bool = True,
+                 batch_norm: str = 'frozen') -> torchvision.models.ResNet:
     """A ResNet with layer4's stride set to 1 (output stride 16), weights loaded as `pretrained` says.
 
-    `load_weights=False` builds the same architecture (BN type included) for loading a checkpoint.
+    `batch_norm` ('frozen' or 'fixed_stats') is the BN kind with weights; from scratch BN is always
+    nn.BatchNorm2d. `load_weights=False` builds the same architecture (BN type included) for loading a
+    checkpoint.
     """
     if arch not in _BUILDERS:
         raise BadInputError(f'--backbone {arch}: unknown; use one of {", ".join(_BUILDERS)}')
     builder, weights = _BUILDERS[arch]
-    frozen_bn = pretrained != 'none'
-    model = builder(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+    norm_layer = nn.BatchNorm2d if pretrained == 'none' else _NORM_LAYERS[batch_norm]
+    model = builder(weights=None, norm_layer=norm_layer)
     block = model.layer4[0]
     strided_conv = block.conv2 if hasattr(block, 'conv3') else block.conv1   # Bottleneck vs BasicBlock
     strided_conv.stride = (1, 1)

@@ -12,14 +12,16 @@ from voc12.classes import N_CAT
 class Net(nn.Module):
     """Image-level classifier whose 1x1 classifier, applied densely, gives the CAMs.
 
-    With ImageNet weights (frozen BN) only layer3, layer4 and the classifier learn: conv1/bn1 are
-    frozen and layer2's output is detached, as in the reference. From scratch (`pretrained='none'`),
-    every layer learns, since random early layers would otherwise stay random.
+    With ImageNet weights, as in the reference: BN always normalises with the ImageNet statistics, while
+    the BN scale and shift of layer3 and layer4 learn with their convolutions (the backbone lr group);
+    conv1/bn1 and layer1/layer2 are frozen and layer2's output is detached. From scratch
+    (`pretrained='none'`), every layer learns with ordinary BN, since random early layers would
+    otherwise stay random.
     """
 
     def __init__(self, backbone: str = 'resnet50', pretrained: str = 'imagenet', load_weights: bool = True):
         super().__init__()
-        resnet = build_resnet(backbone, pretrained, load_weights)
+        resnet = build_resnet(backbone, pretrained, load_weights, batch_norm='fixed_stats')
         self.from_scratch = pretrained == 'none'
         self.stage1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
         self.stage2 = resnet.layer2

@@ -127,10 +127,31 @@ def test_cam_from_pretrained_file_freezes_early_layers(tmp_path: Path) -> None:
         moved = changed(before, model, frozen)
         assert moved and not any(moved.values()), [k for k, v in moved.items() if v]
     for learning in ('stage3.', 'stage4.', 'classifier.'):
-        moved = {k: v for k, v in changed(before, model, learning).items() if k.endswith('weight')
-                 and 'bn' not in k and 'downsample.1' not in k}     # convs; frozen BN buffers stay
+        # convolutions and the BN scale and shift learn (the reference's FixedBatchNorm) ...
+        moved = {k: v for k, v in changed(before, model, learning).items() if k.endswith(('weight', 'bias'))}
         assert moved and all(moved.values()), [k for k, v in moved.items() if not v]
+        # ... while the BN statistics stay the ImageNet ones, although the model is in train() mode
+        stats = {k: v for k, v in changed(before, model, learning).items() if 'running_' in k}
+        assert learning == 'classifier.' or (stats and not any(stats.values()))
+    bn_affine = [name for name, p in model.named_parameters() if p.requires_grad and name.endswith('bn1.weight')]
+    assert bn_affine and all(name.startswith(('stage3.', 'stage4.')) for name in bn_affine)
     assert all(p.grad is None for p in model.stage1.parameters())
+
+
+def test_cam_bn_uses_stored_statistics_in_train_mode(tmp_path: Path) -> None:
+    path = tmp_path / 'resnet18.pth'
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    model = resnet50_cam.Net(backbone='resnet18', pretrained=str(path))
+    bn = model.stage3[0].bn1
+    bn.running_mean.fill_(0.5)
+    bn.running_var.fill_(4.0)
+    x = torch.randn(2, bn.weight.numel(), 3, 3) * 7 + 2
+    expected = (x - 0.5) / torch.sqrt(torch.tensor(4.0) + bn.eps) * bn.weight.view(1, -1, 1, 1) \
+        + bn.bias.view(1, -1, 1, 1)
+    for mode in (True, False):
+        model.train(mode)
+        torch.testing.assert_close(bn(x), expected)
+    assert bn.weight.requires_grad and bn.bias.requires_grad
 
 
 def test_cam_shapes() -> None:
