@@ -2,8 +2,8 @@
 
 The paste is built from small steps so that each can be tested (and reused by the benchmark):
 crop the object to its mask, rotate it on an enlarged canvas (OpenCV affine warp, so nothing is cut),
-crop again, optionally rescale, fit it inside the background, and copy (or alpha-blend) it at a
-random position. All randomness comes from the `numpy.random.Generator` the caller passes in, in a
+optionally rescale, fit the canvas (empty corners included, as the reference does) inside the
+background, and copy (or alpha-blend) the object's pixels at a random position. All randomness comes from the `numpy.random.Generator` the caller passes in, in a
 fixed order (angle, scale, row, column), so a seed fully determines the result.
 """
 from __future__ import annotations
@@ -135,8 +135,10 @@ def paste_object(background: np.ndarray, obj_img: np.ndarray, obj_mask: np.ndarr
         angle = int(rng.integers(-abs(max_rotation), abs(max_rotation) + 1))
         if angle != 0:
             rotated, rotated_mask = rotate_with_canvas(image, mask, angle)
+            # The reference sizes and places the whole enlarged canvas, its empty corners included, so a
+            # rotated object is not re-cropped to its mask here: the size cap below applies to the canvas.
             if rotated_mask.any():      # a one-pixel mask can fall between pixel centres: keep it upright
-                image, mask = crop_to_mask(rotated, rotated_mask)
+                image, mask = rotated, rotated_mask
     if scale_range is not None:
         factor = float(rng.uniform(scale_range[0], scale_range[1]))
         image, mask = resize_object(image, mask, round(mask.shape[0] * factor), round(mask.shape[1] * factor))
