@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import logging
 import sys
@@ -87,7 +86,7 @@ def check_work_dir(work_dir: Path) -> None:
 
 
 def run_pipeline(cfg: Config) -> dict:
-    from misc import torchutils
+    from misc import fingerprint, torchutils
     from misc.report import write_summary, write_report
     results = {}
     for step in cfg.steps:
@@ -97,7 +96,7 @@ def run_pipeline(cfg: Config) -> dict:
             continue
         logger.info('== %s', step)
         start = time.perf_counter()
-        results[step] = importlib.import_module(module_name).run(step_cfg)
+        results[step] = fingerprint.run_step(step_cfg, step.removeprefix('cda_'), label=step)
         elapsed = time.perf_counter() - start
         timing = {'seconds': round(elapsed, 2)}
         results[step] = dict(results[step] or {}, **timing) if isinstance(results[step], dict) else timing

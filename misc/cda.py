@@ -193,8 +193,9 @@ class ObjectBank:
             raise BadInputError(f'{index_path}: unreadable object bank index ({e}); rebuild it with make_object_bank '
                                 '--overwrite') from None
         if not entries:
-            raise BadInputError(f'{bank_dir}: the object bank is empty (no single-class masks passed the '
-                                '--cda_min_fg_ratio/--cda_max_fg_ratio filter); rerun make_object_bank')
+            raise BadInputError(f'{bank_dir}: the object bank is empty (no single-class mask passed the filter); '
+                                'widen --cda_min_fg_ratio/--cda_max_fg_ratio, or pass --cda_bank_source with other '
+                                'masks')
         return cls(bank_dir, entries, cache_size)
 
     def __len__(self) -> int:

@@ -86,6 +86,9 @@ def write_summary(cfg: Config, timings: dict) -> Optional[str]:
         return None
     table = summary_table(base, cda)
     payload = {'baseline': base, 'cda': cda, 'step_seconds': timings, 'profile': cfg.profile}
+    bank = _read_metric(cfg.object_bank_dir / 'counts.json')
+    if bank:
+        payload['object_bank'] = bank
     for key in ('cam_miou', 'sem_seg_miou'):
         if base.get(key) is not None and cda.get(key) is not None:
             payload[f'{key}_gain'] = cda[key] - base[key]

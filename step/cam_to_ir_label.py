@@ -23,6 +23,13 @@ __all__ = ['cam_to_ir_label', 'crf_inference_label', 'run']
 logger = logging.getLogger(__name__)
 
 
+SETTINGS = ('conf_fg_thres', 'conf_bg_thres', 'train_list')
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.ir_label_dir]
+
+
 def run(cfg: Config) -> dict:
     ids = common.train_ids(cfg)
     cam_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731

@@ -5,6 +5,7 @@ With `--sweep`, every listed threshold is evaluated in the same pass (one confus
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -16,6 +17,13 @@ from step import common
 from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS = ('cam_eval_thres', 'sweep', 'chainer_eval_set')
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.metrics_dir / 'eval_cam.json']
 
 
 def evaluate(cfg: Config, ids: list[str], scores_of: Callable[[str], tuple[np.ndarray, np.ndarray]],

@@ -6,6 +6,7 @@ With `--sweep`, the stored random-walk scores are re-thresholded for every liste
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ from step.eval_cam import evaluate
 from step.make_sem_seg_labels import upsample_scores
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS = ('sem_seg_bg_thres', 'sweep', 'chainer_eval_set')
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.metrics_dir / 'eval_sem_seg.json']
 
 
 def run(cfg: Config) -> dict:

@@ -9,6 +9,7 @@ class indices 0..19, `cam` (K, h, w) and `high_res` (K, H, W).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,13 @@ from step.train_cam import build_model
 from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS = ('cam_scales', 'train_list')
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.cam_dir]
 
 
 def fuse_scales(outputs: Sequence[torch.Tensor], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,9 +2,11 @@
 
 Core: `extract_object` keeps a label map only if it holds exactly one foreground class covering a
 fraction of the image within [min_fg_ratio, max_fg_ratio], and returns that class and the crop to the
-foreground's bounding box. Driver: `run(cfg)` applies it to every mask of the baseline pass (or of
---cda_bank_source) and writes `<work_dir>/object_bank/<class>/<id>.png` and `<id>_mask.png`, then
-`counts.json` and, last, `index.json` (what `misc.cda.ObjectBank.load` reads).
+foreground's bounding box. Driver: `run(cfg)` applies it to the masks of exactly the train list's
+images, as the CDA reference does (train_aug on VOC): the baseline's pseudo masks, which it makes first
+for the images that lack one, or the masks of those images found in --cda_bank_source. It writes
+`<work_dir>/object_bank/<class>/<id>.png` and `<id>_mask.png`, then `counts.json` (masks scanned,
+objects per class) and, last, `index.json` (what `misc.cda.ObjectBank.load` reads).
 """
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from misc.cda import ObjectBank, mask_bbox
+from misc import fingerprint, torchutils
 from misc.config import Config
 from misc.imutils import BadInputError, atomic_path, read_label_png, read_rgb, save_label_png, save_rgb
+from step import common
 from voc12.classes import CAT_LIST, N_CAT
 
 logger = logging.getLogger(__name__)
@@ -61,8 +65,21 @@ def extract_object(image: np.ndarray, mask: np.ndarray, min_fg_ratio: float = 0.
     return label - 1, crop, foreground[top:bottom, left:right].copy()
 
 
-def _summary(counts: dict[str, int], images_scanned: int, **extra: Any) -> dict[str, Any]:
-    return {'objects': sum(counts.values()), 'counts': counts, 'images_scanned': images_scanned, **extra}
+SETTINGS = ('cda_min_fg_ratio', 'cda_max_fg_ratio', 'cda_bank_source', 'train_list')
+
+
+def extra_inputs(cfg: Config) -> dict:
+    if cfg.cda_bank_source is None or not Path(cfg.cda_bank_source).is_dir():
+        return {}
+    return {'bank_source': fingerprint.folder_signature(Path(cfg.cda_bank_source))}
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.object_bank_dir]
+
+
+def _summary(counts: dict[str, int], masks_scanned: int, **extra: Any) -> dict[str, Any]:
+    return {'objects': sum(counts.values()), 'counts': counts, 'masks_scanned': masks_scanned, **extra}
 
 
 def _clear_bank(bank_dir: Path) -> None:
@@ -79,11 +96,34 @@ def _write_json(path: Path, value: Any) -> None:
         tmp.write_text(json.dumps(value, indent=1))
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Build the object bank; returns {'objects', 'counts' {class_name: n}, 'images_scanned'}."""
-    source = Path(cfg.cda_bank_source) if cfg.cda_bank_source is not None else cfg.work_dir / 'sem_seg'
-    bank_dir = cfg.object_bank_dir
+def source_masks(cfg: Config, ids: Sequence[str]) -> tuple[Path, list[Path]]:
+    """(source folder, the mask paths the bank reads): exactly one per train-list image that has one.
 
+    Without --cda_bank_source the baseline's pseudo masks of the train list are made first (those that
+    exist and match the current settings are kept), as the reference builds its bank from train_aug.
+    """
+    if cfg.cda_bank_source is None:
+        fingerprint.run_step(cfg, 'make_sem_seg', label='make_sem_seg (train list, for the object bank)', ids=ids)
+        source = cfg.sem_seg_dir
+        paths = [source / f'{i}.png' for i in ids]
+        common.require_outputs(ids, lambda i: source / f'{i}.png', 'pseudo masks of the train list', 'make_sem_seg')
+        return source, paths
+    source = Path(cfg.cda_bank_source)
+    if not source.is_dir():
+        raise BadInputError(f'--cda_bank_source {source}: no such folder; give a folder of VOC-style label PNGs')
+    paths = [source / f'{i}.png' for i in ids if (source / f'{i}.png').is_file()]
+    if not paths:
+        raise BadInputError(f'--cda_bank_source {source}: holds no label PNG of the train list\'s images (first id '
+                            f'{ids[0] if ids else "-"}); give a folder with masks named <image id>.png')
+    if len(paths) < len(ids):
+        logger.info('object bank: %s holds masks of %d of the %d train-list images; the others are skipped',
+                    source, len(paths), len(ids))
+    return source, paths
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Build the object bank; returns {'objects', 'counts' {class_name: n}, 'masks_scanned'}."""
+    bank_dir = cfg.object_bank_dir
     if (bank_dir / 'index.json').is_file() and not cfg.overwrite:
         try:
             bank = ObjectBank.load(bank_dir)
@@ -92,14 +132,35 @@ def run(cfg: Config) -> dict[str, Any]:
         else:
             counts = {name: bank.count(c) for c, name in enumerate(CAT_LIST)}
             logger.info('object bank: reusing %s (%d objects); pass --overwrite to rebuild', bank_dir, len(bank))
-            return _summary(counts, 0, reused=True)
+            scanned = _read_counts(bank_dir).get('masks_scanned', 0)
+            return _summary(counts, scanned, reused=True)
 
-    # Skip the temporary files of interrupted atomic writes (".<name>.<random>.tmp.png").
-    label_paths = sorted(p for p in source.glob('*.png') if not p.name.startswith('.')) if source.is_dir() else []
-    if not label_paths:
-        raise BadInputError(f'{source}: no label PNGs for the object bank; run make_sem_seg first or pass '
-                            '--cda_bank_source')
+    ids = common.train_ids(cfg)
+    source, label_paths = source_masks(cfg, ids)
+    if torchutils.is_main_process():
+        _build(cfg, label_paths, bank_dir)
+    torchutils.barrier()
+    counts = _read_counts(bank_dir)['per_class']
+    n_objects = sum(counts.values())
+    logger.info('object bank: %d objects from %d masks of the train list in %s -> %s', n_objects,
+                len(label_paths), source, bank_dir)
+    logger.info('object bank per class: %s', ', '.join(f'{name} {n}' for name, n in counts.items()))
+    if n_objects == 0:
+        raise BadInputError(f'object bank: none of the {len(label_paths)} masks in {source} holds one class covering '
+                            f'{cfg.cda_min_fg_ratio:.2f}..{cfg.cda_max_fg_ratio:.2f} of its image; widen '
+                            '--cda_min_fg_ratio/--cda_max_fg_ratio, or pass --cda_bank_source with other masks')
+    return _summary(counts, len(label_paths))
 
+
+def _read_counts(bank_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((bank_dir / 'counts.json').read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _build(cfg: Config, label_paths: Sequence[Path], bank_dir: Path) -> None:
+    """Cut the objects out of the masks; write the crops, counts.json and, last, index.json."""
     _clear_bank(bank_dir)
     image_dir = cfg.dataset_root / 'JPEGImages'
     entries: list[dict[str, Any]] = []
@@ -127,16 +188,9 @@ def run(cfg: Config) -> dict[str, Any]:
         save_label_png(bank_dir / mask_rel, crop_mask.astype(np.uint8) * 255, palette=False)
         entries.append({'class': cls, 'name': name, 'image': image_rel, 'mask': mask_rel, 'source': image_id})
 
-    counts = {name: 0 for name in CAT_LIST}
+    per_class = {name: 0 for name in CAT_LIST}
     for entry in entries:
-        counts[entry['name']] += 1
-    _write_json(bank_dir / 'counts.json', counts)
+        per_class[entry['name']] += 1
+    _write_json(bank_dir / 'counts.json', {'masks_scanned': len(label_paths), 'objects': len(entries),
+                                           'per_class': per_class})
     _write_json(bank_dir / 'index.json', entries)     # last: its presence marks a complete bank
-
-    logger.info('object bank: %d objects from %d masks in %s -> %s', len(entries), len(label_paths), source,
-                bank_dir)
-    logger.info('object bank per class: %s', ', '.join(f'{name} {n}' for name, n in counts.items()))
-    if not entries:
-        logger.warning('object bank is empty: no mask in %s holds one class covering %.2f..%.2f of the image; '
-                       'CDA training cannot run', source, cfg.cda_min_fg_ratio, cfg.cda_max_fg_ratio)
-    return _summary(counts, len(label_paths))

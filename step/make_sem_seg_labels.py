@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,13 @@ from step import common
 from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS = ('beta', 'exp_times', 'sem_seg_bg_thres')
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.sem_seg_dir, cfg.out_dir / 'rw']
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -71,13 +79,14 @@ def load_irn(cfg: Config, device: torch.device):
     return model.to(device).eval(), module
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
+    """Pseudo masks of the infer list (or of `ids`: the object bank asks for the train list's)."""
     device = common.device_of(cfg)
-    ids = common.infer_ids(cfg)
+    ids = common.infer_ids(cfg) if ids is None else list(ids)
     cam_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
     output_of = lambda i: cfg.sem_seg_dir / f'{i}.png'   # noqa: E731
     rw_of = lambda i: cfg.out_dir / 'rw' / f'{i}.npz'   # noqa: E731
-    common.require_outputs(ids, cam_of, 'CAMs of the infer list', 'make_cam')
+    common.require_outputs(ids, cam_of, 'CAMs of the images', 'make_cam')
     todo = torchutils.shard(common.pending(ids, output_of, common.png_is_valid, cfg.overwrite))
     if not todo:
         torchutils.barrier()

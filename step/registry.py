@@ -32,6 +32,26 @@ STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
 # Steps outside the per-method pass.
 SHARED_MODULES = {'make_object_bank': 'step.make_object_bank'}
 
+# The steps whose outputs each step reads, in the same pass (their fingerprints are part of its own).
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    'train_cam': (), 'make_cam': ('train_cam',), 'eval_cam': ('make_cam',),
+    'cam_to_ir_label': ('make_cam',), 'train_irn': ('cam_to_ir_label',),
+    'make_sem_seg': ('make_cam', 'train_irn'), 'eval_sem_seg': ('make_sem_seg',),
+    'make_ins_seg': ('make_cam', 'train_irn'), 'eval_ins_seg': ('make_ins_seg',),
+    'make_object_bank': (),
+}
+
+
+def upstream_of(step: str, stage: str, bank_from_folder: bool) -> list[tuple[str, str]]:
+    """(step, stage) pairs a step reads: the same pass's steps, plus the object bank for the CDA pass's CAM
+    training, and the baseline's pseudo masks for the bank unless it is cut from a given folder."""
+    found = [(name, stage) for name in UPSTREAM.get(step, ())]
+    if step == 'train_cam' and stage == 'cda':
+        found.append(('make_object_bank', ''))
+    if step == 'make_object_bank' and not bank_from_folder:
+        found.append(('make_sem_seg', ''))
+    return found
+
 
 def module_for(method: str, slot: str) -> Optional[str]:
     """The module name of a slot (`make_cam`, ...; without the `cda_` prefix) for a method, or None."""

@@ -11,17 +11,36 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import torchutils
+from misc import fingerprint, torchutils
 from misc.config import Config
 from step import common
 from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
+
+
+_CDA_SETTINGS = ('cda_variant', 'cda_min_visible', 'cda_schedule', 'cda_paste_context')
+
+
+def SETTINGS(cfg: Config) -> tuple[str, ...]:
+    """The fingerprinted settings; the CDA options matter to the CDA pass only."""
+    own = ('backbone', 'pretrained', 'cam_network', 'cam_crop_size', 'cam_resize_long', 'cam_batch_size',
+           'cam_num_epoches', 'cam_learning_rate', 'cam_weight_decay', 'seed', 'train_list', 'val_list')
+    return own + _CDA_SETTINGS if cfg.stage == 'cda' else own
+
+
+def extra_inputs(cfg: Config) -> dict:
+    return fingerprint.pretrained_inputs(cfg)
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.weights_dir / 'cam.pt', cfg.weights_dir / 'cam_checkpoint.pt']
 
 
 def batch_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

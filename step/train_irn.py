@@ -10,17 +10,30 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from misc import torchutils
+from misc import fingerprint, torchutils
 from misc.config import Config
 from misc.indexing import PathIndex
 from step import common
 from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
+
+
+SETTINGS = ('backbone', 'pretrained', 'irn_network', 'irn_crop_size', 'irn_rescale', 'irn_batch_size',
+            'irn_num_epoches', 'irn_learning_rate', 'irn_weight_decay', 'seed', 'train_list', 'infer_list')
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [cfg.weights_dir / 'irn.pt', cfg.weights_dir / 'irn_checkpoint.pt']
+
+
+def extra_inputs(cfg: Config) -> dict:
+    return fingerprint.pretrained_inputs(cfg)
 
 
 def build_model(cfg: Config) -> torch.nn.Module:

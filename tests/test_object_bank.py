@@ -117,19 +117,22 @@ def _mini_dataset(tmp_path):
         save_rgb(voc / 'JPEGImages' / f'{image_id}.jpg', image)
         save_label_png(labels_dir / f'{image_id}.png', label)
         truth[image_id] = (read_rgb(voc / 'JPEGImages' / f'{image_id}.jpg'), label)
-    cfg = Config(work_dir=tmp_path / 'work', voc12_root=voc, cda_bank_source=labels_dir)
+    (tmp_path / 'train.txt').write_text('\n'.join(specs) + '\n')
+    cfg = Config(work_dir=tmp_path / 'work', voc12_root=voc, cda_bank_source=labels_dir,
+                 train_list=str(tmp_path / 'train.txt'))
     return cfg, truth
 
 
 def test_driver_writes_index_and_counts(tmp_path):
     cfg, truth = _mini_dataset(tmp_path)
     result = make_object_bank.run(cfg)
-    assert result['objects'] == 3 and result['images_scanned'] == 5
+    assert result['objects'] == 3 and result['masks_scanned'] == 5
     assert result['counts']['dog'] == 2 and result['counts']['car'] == 1
 
     bank_dir = cfg.object_bank_dir
     counts = json.loads((bank_dir / 'counts.json').read_text())
-    assert counts == result['counts'] and set(counts) == set(CAT_LIST)
+    assert counts == {'masks_scanned': 5, 'objects': 3, 'per_class': result['counts']}
+    assert set(counts['per_class']) == set(CAT_LIST)
     index = json.loads((bank_dir / 'index.json').read_text())
     assert [e['source'] for e in index] == ['img_a', 'img_b', 'img_c']
     assert index[0] == {'class': 11, 'name': 'dog', 'image': 'dog/img_a.png', 'mask': 'dog/img_a_mask.png',
@@ -169,20 +172,37 @@ def test_driver_reuses_then_rebuilds(tmp_path):
     assert ObjectBank.load(cfg.object_bank_dir).classes == [6]
 
 
-def test_driver_default_source_is_baseline_sem_seg(tmp_path):
+def test_driver_default_source_makes_the_train_lists_pseudo_masks(tmp_path):
     cfg, _ = _mini_dataset(tmp_path)
     cfg = dataclasses.replace(cfg, cda_bank_source=None)
-    with pytest.raises(BadInputError, match='make_sem_seg'):
+    # it asks make_sem_seg for the train list's masks, which needs the CAMs of those images
+    with pytest.raises(BadInputError, match='make_cam'):
         make_object_bank.run(cfg)
-    (cfg.work_dir / 'sem_seg').mkdir(parents=True)
-    for path in (tmp_path / 'labels').glob('*.png'):
-        (cfg.work_dir / 'sem_seg' / path.name).write_bytes(path.read_bytes())
-    assert make_object_bank.run(cfg)['objects'] == 3
+
+
+def test_driver_reads_only_the_train_lists_masks(tmp_path):
+    cfg, _ = _mini_dataset(tmp_path)
+    stray = np.zeros((32, 48), np.uint8)
+    stray[0:10, 0:10] = 3
+    save_label_png(cfg.cda_bank_source / 'stray.png', stray)        # not in the list: never read
+    save_rgb(cfg.dataset_root / 'JPEGImages' / 'stray.jpg', _image(32, 48))
+    (cfg.cda_bank_source / 'img_c.png').unlink()                    # in the list, but no mask: skipped
+    result = make_object_bank.run(cfg)
+    assert result['masks_scanned'] == 4 and result['objects'] == 2
+    assert result['counts']['bird'] == 0 and result['counts']['car'] == 0
+
+
+def test_empty_bank_names_the_flags_to_change(tmp_path):
+    cfg, _ = _mini_dataset(tmp_path)
+    with pytest.raises(BadInputError, match='--cda_min_fg_ratio/--cda_max_fg_ratio.*--cda_bank_source'):
+        make_object_bank.run(dataclasses.replace(cfg, cda_min_fg_ratio=0.9, cda_max_fg_ratio=1.0))
 
 
 def test_driver_missing_image_and_size_mismatch(tmp_path):
     cfg, _ = _mini_dataset(tmp_path)
     save_label_png(cfg.cda_bank_source / 'img_f.png', np.zeros((32, 48), np.uint8))
+    (tmp_path / 'list_f.txt').write_text('img_a\nimg_f\n')
+    cfg = dataclasses.replace(cfg, train_list=str(tmp_path / 'list_f.txt'))
     with pytest.raises(BadInputError, match='img_f.jpg'):
         make_object_bank.run(cfg)
     save_rgb(cfg.dataset_root / 'JPEGImages' / 'img_f.jpg', np.zeros((20, 20, 3), np.uint8))
@@ -194,5 +214,5 @@ def test_load_missing_or_empty_bank(tmp_path):
     with pytest.raises(BadInputError, match='make_object_bank'):
         ObjectBank.load(tmp_path / 'nothing')
     (tmp_path / 'index.json').write_text('[]')
-    with pytest.raises(BadInputError, match='make_object_bank'):
+    with pytest.raises(BadInputError, match='widen --cda_min_fg_ratio'):
         ObjectBank.load(tmp_path)

@@ -11,18 +11,6 @@ import run_sample
 from misc.imutils import read_label_png
 
 
-@pytest.fixture(scope='module')
-def smoke_run(synthetic_voc, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp('smoke_run')
-    # Ground-truth masks as the object bank source: the smoke run's own pseudo masks come from one
-    # epoch of training and rarely hold a single clean class, which the bank filter requires.
-    code = run_sample.main(['--profile', 'smoke', '--voc12_root', str(synthetic_voc), '--work_dir', str(work_dir),
-                            '--cda', '--cda_bank_source', str(synthetic_voc / 'SegmentationClass'),
-                            '--sweep', '0.3', '0.5', '0.7'])
-    assert code == 0
-    return work_dir
-
-
 def test_every_step_writes_its_outputs(smoke_run, synthetic_voc):
     train_ids = (synthetic_voc / 'ImageSets' / 'Segmentation' / 'train.txt').read_text().split()
     for stage in (smoke_run, smoke_run / 'cda'):
