@@ -101,13 +101,18 @@ def test_changed_epochs_retrain_and_new_bank_source_rebuilds(work_copy, syntheti
     assert counts['masks_scanned'] == 14
 
 
-def test_bank_from_the_train_lists_own_pseudo_masks(work_copy, synthetic_voc, tmp_path):
-    """The infer list is a part of the train list (as VOC's train is of train_aug): the bank step first
-    makes the missing pseudo masks of the train list, then reads exactly those, never stray files."""
+def test_bank_from_the_train_lists_own_pseudo_masks(work_copy, synthetic_voc):
+    """As if the baseline had made pseudo masks for 4 of the 16 train-list images (as VOC's train is a part
+    of train_aug): the bank step makes the other 12 first, then reads exactly the list's 16, never strays.
+    The 4 kept masks are replaced by ground truth, since one smoke epoch's masks hold no objects."""
     train_ids = (synthetic_voc / 'ImageSets' / 'Segmentation' / 'train.txt').read_text().split()
-    for image_id in train_ids[4:]:                      # as if the baseline had made masks for 4 images only
+    kept = train_ids[:4]
+    for image_id in train_ids:
         (work_copy / 'sem_seg' / f'{image_id}.png').unlink()
-    save_label_png(work_copy / 'sem_seg' / 'stray_from_another_run.png', np.ones((64, 64), np.uint8))
+    for image_id in kept:
+        shutil.copy(synthetic_voc / 'SegmentationClass' / f'{image_id}.png', work_copy / 'sem_seg')
+    shutil.copy(synthetic_voc / 'SegmentationClass' / f'{train_ids[5]}.png',
+                work_copy / 'sem_seg' / 'stray_from_another_run.png')      # no such image: reading it would fail
     args = ['--profile', 'smoke', '--voc12_root', str(synthetic_voc), '--work_dir', str(work_copy),
             '--steps', 'make_object_bank', '--cda_min_fg_ratio', '0', '--cda_max_fg_ratio', '1']
     assert run_sample.main(args) == 0
