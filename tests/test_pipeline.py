@@ -64,3 +64,26 @@ def test_rerun_skips_finished_outputs(smoke_run, synthetic_voc):
                             '--steps', 'train_cam,make_cam'])
     assert code == 0
     assert {p.name: os.stat(p).st_mtime_ns for p in cam.iterdir()} == before
+
+
+def test_instance_steps(smoke_run, synthetic_voc):
+    from pycocotools.coco import COCO
+    from step.make_ins_seg_labels import read_instances
+    train_ids = (synthetic_voc / 'ImageSets' / 'Segmentation' / 'train.txt').read_text().split()
+    summary = json.loads((smoke_run / 'metrics' / 'summary.json').read_text())
+    for stage, figures in ((smoke_run, summary['baseline']), (smoke_run / 'cda', summary['cda'])):
+        for image_id in train_ids:
+            found = read_instances(stage / 'ins_seg' / f'{image_id}.npz')
+            assert found['masks'].shape[1:] == (64, 64) and len(found['classes']) == len(found['scores'])
+            with np.load(stage / 'cam' / f'{image_id}.npz') as cam:
+                assert set(found['classes'].tolist()) <= set(cam['keys'].tolist())
+        result = json.loads((stage / 'metrics' / 'eval_ins_seg.json').read_text())
+        assert result['images'] == len(train_ids) and result['gt_instances'] > 0
+        for key in ('map', 'map25', 'map75', 'map50_void_ignored'):
+            assert 0.0 <= result[key] <= 1.0
+        assert result['map25'] >= result['map'] >= result['map75']
+        assert len(result['ap']) == 20 and figures['ins_seg_map50'] == result['map']
+        api = COCO(str(stage / 'coco' / 'ins_seg_train.json'))
+        assert len(api.getImgIds()) == len(train_ids) and len(api.getCatIds()) == 20
+    assert 'instance mAP@0.5' in (smoke_run / 'metrics' / 'summary.md').read_text()
+    assert 'instance masks: mAP' in (smoke_run / 'report.md').read_text()
