@@ -212,8 +212,8 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
     result: dict = {'images': made}
     if cfg.ins_seg_coco:
         from misc import coco
-        train = common.train_ids(cfg)
-        made += make_instances(cfg, [i for i in train if i not in set(ids)])
+        train, done = common.train_ids(cfg), set(ids)
+        made += make_instances(cfg, [i for i in train if i not in done])
         torchutils.barrier()
         if torchutils.is_main_process():
             payload = coco.export(train, lambda i: read_instances(ins_seg_dir(cfg) / f'{i}.npz'))

@@ -242,3 +242,17 @@ def test_older_dataset_gets_its_instance_masks(tmp_path):
         path.unlink()
     generate(root, n_train=3, n_val=1, size=32, seed=1)
     assert {p.name: p.read_bytes() for p in (root / 'SegmentationObject').iterdir()} == first
+
+
+def test_eval_ins_seg_skips_without_instance_ground_truth(tmp_path, caplog):
+    import logging
+    import shutil
+    from misc.config import parse_config
+    from step import eval_ins_seg
+    root = generate(tmp_path / 'voc', n_train=2, n_val=1, size=32, seed=0)
+    shutil.rmtree(root / 'SegmentationObject')
+    cfg = parse_config(['--profile', 'smoke', '--voc12_root', str(root), '--work_dir', str(tmp_path / 'work')])
+    with caplog.at_level(logging.INFO, logger='step.eval_ins_seg'):
+        assert eval_ins_seg.run(cfg) == {'skipped': 'no SegmentationObject'}
+    assert 'no SegmentationObject/ ground truth' in caplog.text
+    assert not (cfg.metrics_dir / 'eval_ins_seg.json').exists()
