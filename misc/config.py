@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 # Steps of one pass, in the order they run. The CDA pass repeats them from its own CAM network.
-PASS_STEPS = ('train_cam', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg')
+PASS_STEPS = ('train_cam', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
+              'make_ins_seg', 'eval_ins_seg')
 CDA_STEPS = ('make_object_bank',) + tuple(f'cda_{s}' for s in PASS_STEPS)
 ALL_STEPS = PASS_STEPS + CDA_STEPS
 
@@ -109,6 +110,9 @@ class Config:
     exp_times: int = 8
     sem_seg_bg_thres: float = 0.25
     sweep: tuple[float, ...] = ()
+    # ---- instance pseudo masks
+    ins_seg_bg_thres: float = 0.25
+    ins_seg_coco: bool = False                 # also write the train list's masks as a COCO JSON
     # ---- CDA
     cda_bank_source: Optional[Path] = None
     cda_min_fg_ratio: float = 0.1
@@ -180,7 +184,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         irn_crop_size=128, irn_batch_size=16, irn_num_epoches=6, irn_learning_rate=0.1,
         # Found by --sweep on the demo data (see README): from-scratch CAMs peak at a higher background
         # score than VOC's 0.15, and 2^3 walk steps suit 32x32 maps (2^8 is tuned for 128x128 ones).
-        cam_eval_thres=0.3, exp_times=3,
+        cam_eval_thres=0.3, exp_times=3, ins_seg_coco=True,
     ),
     # Seconds to a couple of minutes: tests and CI.
     'smoke': dict(
@@ -188,7 +192,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         synthetic_size=64, cam_crop_size=64, cam_resize_long=(48, 80), cam_batch_size=8,
         cam_num_epoches=1, cam_scales=(1.0, 0.5), irn_crop_size=96, irn_batch_size=8,
         irn_num_epoches=1, num_workers=0,
-        cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5,
+        cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5, ins_seg_coco=True,
     ),
 }
 
@@ -298,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--sem_seg_bg_thres', type=unit_float)
     g.add_argument('--sweep', type=unit_float, nargs='+', help='background thresholds that eval_cam and '
                    'eval_sem_seg evaluate in one pass (e.g. 0.05 0.1 ... 0.95)')
+    g.add_argument('--ins_seg_bg_thres', type=unit_float, help='background score of the instance masks')
+    g.add_argument('--ins_seg_coco', action=_BoolFlag, help='make_ins_seg also writes the train list\'s '
+                   'instance pseudo masks as COCO JSON (<pass>/coco/ins_seg_train.json), for Mask R-CNN')
 
     g = p.add_argument_group('CDA')
     g.add_argument('--cda', action=_BoolFlag, help='baseline, object bank, then the CDA pass')

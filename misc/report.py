@@ -54,6 +54,9 @@ def _pass_figures(cfg: Config, ids: list[str]) -> dict:
         figures['cam_best'] = cam['best']
     if sem and 'best' in sem:
         figures['sem_seg_best'] = sem['best']
+    ins = _read_metric(cfg.metrics_dir / 'eval_ins_seg.json')
+    if ins and 'map' in ins:
+        figures.update(ins_seg_map25=ins['map25'], ins_seg_map50=ins['map'], ins_seg_map75=ins['map75'])
     ir = ir_label_quality(cfg, ids)
     if ir:
         figures['ir_precision'], figures['ir_coverage'] = ir['precision'], ir['coverage']
@@ -67,6 +70,9 @@ def _fmt(value: Optional[float]) -> str:
 def summary_table(base: dict, cda: dict) -> str:
     rows = [('CAM mIoU', 'cam_miou'), ('IR label precision', 'ir_precision'),
             ('IR label coverage', 'ir_coverage'), ('pseudo-mask mIoU', 'sem_seg_miou')]
+    if base.get('ins_seg_map50') is not None or cda.get('ins_seg_map50') is not None:
+        rows += [('instance mAP@0.25', 'ins_seg_map25'), ('instance mAP@0.5', 'ins_seg_map50'),
+                 ('instance mAP@0.75', 'ins_seg_map75')]
     lines = ['| figure (%) | baseline | CDA | difference |', '|---|---|---|---|']
     for title, key in rows:
         b, c = base.get(key), cda.get(key)
@@ -89,7 +95,7 @@ def write_summary(cfg: Config, timings: dict) -> Optional[str]:
     bank = _read_metric(cfg.object_bank_dir / 'counts.json')
     if bank:
         payload['object_bank'] = bank
-    for key in ('cam_miou', 'sem_seg_miou'):
+    for key in ('cam_miou', 'sem_seg_miou', 'ins_seg_map50'):
         if base.get(key) is not None and cda.get(key) is not None:
             payload[f'{key}_gain'] = cda[key] - base[key]
     metrics.write_json(cfg.work_dir / 'metrics' / 'summary.json', payload)
@@ -156,6 +162,12 @@ def write_report(cfg: Config) -> Optional[Path]:
                 lines.append(f'- {title} {name}: best background threshold {result["best"]["threshold"]:.2f} '
                              f'gives mIoU {100 * result["best"]["miou"]:.1f} (configured '
                              f'{result["threshold"]:.2f}: {100 * result["miou"]:.1f})')
+    for stage_cfg, title in ((cfg, 'baseline'), (with_stage(cfg, 'cda'), 'CDA')):
+        result = _read_metric(stage_cfg.metrics_dir / 'eval_ins_seg.json')
+        if result and 'map' in result:
+            lines.append(f'- {title} instance masks: mAP {100 * result["map25"]:.1f} / {100 * result["map"]:.1f} / '
+                         f'{100 * result["map75"]:.1f} at mask IoU 0.25 / 0.5 / 0.75 ({result["pred_instances"]} '
+                         f'predicted, {result["gt_instances"]} ground-truth instances, {result["images"]} images)')
     lines += ['', '## Contact sheet', '', 'image | ground truth | CAM heat map | IR label | pseudo mask; '
               'a baseline row, then a CDA row, per image.', '', f'![contact sheet]({sheet.name})', '']
     path = cfg.work_dir / 'report.md'

@@ -174,6 +174,21 @@ def boundary_map(net: Net, img_pair: torch.Tensor, crop_size: int = 512, stride:
     return torch.sigmoid(edge_out[0] / 2 + edge_out[1].flip(-1) / 2)[0]
 
 
+def boundary_and_displacement(net: Net, img_pair: torch.Tensor, crop_size: int = 512,
+                              stride: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """`boundary_map` of an image and its flip `img_pair` (2, 3, H, W), and the displacement field
+    (2, h, w) of the image alone (not flipped; mean-shifted in eval mode), as the reference's
+    instance step reads them. Same padding as `boundary_map`."""
+    height, width = img_pair.shape[2:]
+    feat_h, feat_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    pad_h = max(crop_size, -(-height // 16) * 16)
+    pad_w = max(crop_size, -(-width // 16) * 16)
+    edge_out, dp_out = net(F.pad(img_pair, [0, pad_w - width, 0, pad_h - height]))
+    edge_out = edge_out[..., :feat_h, :feat_w]
+    edge = torch.sigmoid(edge_out[0] / 2 + edge_out[1].flip(-1) / 2)[0]
+    return edge, dp_out[0, :, :feat_h, :feat_w]
+
+
 def irn_loss(losses, bg_pos_label: torch.Tensor, fg_pos_label: torch.Tensor, neg_label: torch.Tensor,
              pair_counts: torch.Tensor | None = None, world: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
     """The reference's total loss: (pos_aff + neg_aff)/2 + (dp_fg + dp_bg)/2, each term averaged over its pairs.

@@ -21,6 +21,7 @@ _IRN = {
     'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',
     'cam_to_ir_label': 'step.cam_to_ir_label', 'train_irn': 'step.train_irn',
     'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
+    'make_ins_seg': 'step.make_ins_seg_labels', 'eval_ins_seg': 'step.eval_ins_seg',
 }
 
 STEP_MODULES: dict[str, dict[str, Optional[str]]] = {

@@ -12,6 +12,8 @@ Layout written under `out_dir` (what VOC loaders read):
     JPEGImages/<id>.jpg                   RGB, JPEG quality 95
     SegmentationClass/<id>.png            palette PNG: 0 background, 1..20 CAT_LIST order + 1,
                                           255 on a ~2 px band along every object border (as in VOC)
+    SegmentationObject/<id>.png           palette PNG: 0 background, 1..n the visible instances in
+                                          <object> order, 255 on the same band (VOC's instance masks)
     Annotations/<id>.xml                  VOC annotation, one <object> per instance visible in the
                                           mask; the first <object> is the image's primary class
     ImageSets/Segmentation/{train,val,trainval}.txt
@@ -337,6 +339,8 @@ class SyntheticImage:
     primary: int                      # class index 0..19 that chose the scene
     # (class index, (xmin, ymin, xmax, ymax) 1-based inclusive like VOC, truncated); primary first
     objects: list[tuple[int, tuple[int, int, int, int], bool]]
+    # (H, W) uint8: 0 background, k: the k-th entry of `objects`, 255 ignore (the same band as `label`)
+    instance_label: Optional[np.ndarray] = None
 
 
 def render_image(index: int, size: int = 128, context_bias: float = 0.85, seed: int = 0) -> SyntheticImage:
@@ -378,15 +382,18 @@ def render_image(index: int, size: int = 128, context_bias: float = 0.85, seed: 
     label = cls_of_instance[instances]
     label[band] = IGNORE
     objects = []
+    instance_label = np.zeros((size, size), np.uint8)     # no random draws: images stay as they were
+    instance_label[band] = IGNORE
     for j, obj in enumerate(placed):
         if not visible[j]:
             continue  # covered by the ignore band only: not in the mask, so not in the XML either
+        instance_label[(instances == j + 1) & ~band] = len(objects) + 1
         ys, xs = np.nonzero(instances == j + 1)
         box = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)
         objects.append((obj.cls, box, obj.truncated))
     # A slight blur softens the aliased polygon edges, as a camera would.
     image = cv2.GaussianBlur(image, (3, 3), 0.6)
-    return SyntheticImage(np.clip(image, 0, 255).astype(np.uint8), label, scene, primary, objects)
+    return SyntheticImage(np.clip(image, 0, 255).astype(np.uint8), label, scene, primary, objects, instance_label)
 
 
 # ----------------------------------------------------------------------------- files
@@ -437,6 +444,16 @@ def _params(n_train: int, n_val: int, size: int, context_bias: float, seed: int)
             'seed': seed, 'version': GENERATOR_VERSION}
 
 
+def _add_instance_masks(out: Path, n_train: int, n_val: int, size: int, context_bias: float, seed: int) -> None:
+    """Write the SegmentationObject/ masks missing from a dataset made before the generator wrote them
+    (its images and class masks are the same: the instance map takes no random draws)."""
+    train_ids, val_ids = image_ids(n_train, n_val)
+    for index, image_id in enumerate(train_ids + val_ids):
+        path = out / 'SegmentationObject' / f'{image_id}.png'
+        if not path.is_file():
+            save_label_png(path, render_image(index, size, context_bias, seed).instance_label)
+
+
 def generate(out_dir: str | Path, n_train: int = 400, n_val: int = 100, size: int = 128,
              context_bias: float = 0.85, seed: int = 0) -> Path:
     """Write the synthetic dataset in VOC2012 layout under `out_dir` and return that path.
@@ -459,6 +476,7 @@ def generate(out_dir: str | Path, n_train: int = 400, n_val: int = 100, size: in
     if marker.is_file():
         try:
             if json.loads(marker.read_text()) == params:
+                _add_instance_masks(out, n_train, n_val, size, context_bias, seed)
                 logger.info('synthetic VOC at %s is up to date', out)
                 return out
         except (json.JSONDecodeError, OSError):
@@ -473,6 +491,7 @@ def generate(out_dir: str | Path, n_train: int = 400, n_val: int = 100, size: in
         sample = render_image(index, size, context_bias, seed)
         save_rgb(out / 'JPEGImages' / f'{image_id}.jpg', sample.image)
         save_label_png(out / 'SegmentationClass' / f'{image_id}.png', sample.label)
+        save_label_png(out / 'SegmentationObject' / f'{image_id}.png', sample.instance_label)
         _write_bytes(out / 'Annotations' / f'{image_id}.xml', annotation_xml(image_id, size, sample.objects))
         scenes[image_id] = sample.scene
         present[image_id] = {cls for cls, _, _ in sample.objects}
