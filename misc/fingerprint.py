@@ -60,11 +60,18 @@ def folder_signature(folder: Path, suffix: str = '.png') -> dict:
             'digest': hashlib.sha1(json.dumps(files).encode()).hexdigest()}
 
 
-def pretrained_inputs(cfg: Config) -> dict:
-    """The ImageNet weights file, when the backbone's weights come from one."""
-    if cfg.pretrained in ('imagenet', 'none'):
-        return {}
-    return {'pretrained': file_signature(Path(cfg.pretrained))}
+# Settings that name a weights file: a step that depends on one also depends on the file's contents.
+WEIGHTS_SETTINGS = ('pretrained', 'cam_weights', 'irn_weights')
+
+
+def weights_inputs(cfg: Config, names) -> dict:
+    """Signatures of the weights files among the named settings (`imagenet`/`none`/unset are not files)."""
+    found = {}
+    for name in names:
+        value = getattr(cfg, name, None)
+        if name in WEIGHTS_SETTINGS and value not in (None, 'imagenet', 'none') and Path(value).is_file():
+            found[name] = file_signature(Path(value))
+    return found
 
 
 def settings_of(module, cfg: Config) -> tuple[str, ...]:
@@ -75,7 +82,8 @@ def settings_of(module, cfg: Config) -> tuple[str, ...]:
 def compute(cfg: Config, step: str, module) -> dict:
     """{'settings', 'inputs', 'upstream', 'digest'} of a step (`step` without the `cda_` prefix)."""
     settings = {name: _encode(getattr(cfg, name)) for name in settings_of(module, cfg)}
-    inputs = module.extra_inputs(cfg) if hasattr(module, 'extra_inputs') else {}
+    inputs = weights_inputs(cfg, settings)
+    inputs.update(module.extra_inputs(cfg) if hasattr(module, 'extra_inputs') else {})
     upstream = {}
     for name, stage in registry.upstream_of(step, cfg.stage, cfg.cda_bank_source is not None):
         record = read_record(with_stage(cfg, stage), name)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import fingerprint, torchutils
+from misc import torchutils
 from misc.config import Config
 from step import common
 from voc12 import dataloader
@@ -33,10 +33,6 @@ def SETTINGS(cfg: Config) -> tuple[str, ...]:
     own = ('backbone', 'pretrained', 'cam_network', 'cam_crop_size', 'cam_resize_long', 'cam_batch_size',
            'cam_num_epoches', 'cam_learning_rate', 'cam_weight_decay', 'seed', 'train_list', 'val_list')
     return own + _CDA_SETTINGS if cfg.stage == 'cda' else own
-
-
-def extra_inputs(cfg: Config) -> dict:
-    return fingerprint.pretrained_inputs(cfg)
 
 
 def outputs(cfg: Config) -> list[Path]:

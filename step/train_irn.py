@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from misc import fingerprint, torchutils
+from misc import torchutils
 from misc.config import Config
 from misc.indexing import PathIndex
 from step import common
@@ -30,10 +30,6 @@ SETTINGS = ('backbone', 'pretrained', 'irn_network', 'irn_crop_size', 'irn_resca
 
 def outputs(cfg: Config) -> list[Path]:
     return [cfg.weights_dir / 'irn.pt', cfg.weights_dir / 'irn_checkpoint.pt']
-
-
-def extra_inputs(cfg: Config) -> dict:
-    return fingerprint.pretrained_inputs(cfg)
 
 
 def build_model(cfg: Config) -> torch.nn.Module:

@@ -123,3 +123,31 @@ def test_bank_from_the_train_lists_own_pseudo_masks(work_copy, synthetic_voc):
     assert index and {entry['source'] for entry in index} <= set(train_ids)
     summary = json.loads((work_copy / 'metrics' / 'summary.json').read_text())
     assert summary['object_bank']['masks_scanned'] == len(train_ids)
+
+
+def test_fingerprint_follows_settings_and_weights_files(tmp_path):
+    import dataclasses
+    import time
+    from misc import fingerprint
+    from misc.config import Config
+    from step import make_cam, train_cam
+    weights = tmp_path / 'resnet18.pth'
+    weights.write_bytes(b'one')
+    cfg = Config(work_dir=tmp_path / 'work', pretrained=str(weights))
+    first = fingerprint.compute(cfg, 'train_cam', train_cam)
+    assert first == fingerprint.compute(cfg, 'train_cam', train_cam)
+    assert 'cda_variant' not in first['settings']                    # a CDA-pass setting only
+    assert 'cda_variant' in fingerprint.compute(dataclasses.replace(cfg, stage='cda'), 'train_cam',
+                                                train_cam)['settings']
+    time.sleep(0.01)
+    weights.write_bytes(b'other weights')                             # same path, new contents
+    second = fingerprint.compute(cfg, 'train_cam', train_cam)
+    assert second['digest'] != first['digest'] and fingerprint.changes(first, second) == ['input pretrained']
+    epochs = fingerprint.compute(dataclasses.replace(cfg, cam_num_epoches=7), 'train_cam', train_cam)
+    assert fingerprint.changes(second, epochs) == ['--cam_num_epoches 5 -> 7']
+    # make_cam's fingerprint holds train_cam's recorded one
+    fingerprint.finish(cfg, 'train_cam', second)
+    before = fingerprint.compute(cfg, 'make_cam', make_cam)
+    fingerprint.finish(cfg, 'train_cam', epochs)
+    after = fingerprint.compute(cfg, 'make_cam', make_cam)
+    assert fingerprint.changes(before, after) == ['upstream train_cam']
