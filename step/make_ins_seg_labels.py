@@ -215,7 +215,9 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
         train, done = common.train_ids(cfg), set(ids)
         made += make_instances(cfg, [i for i in train if i not in done])
         torchutils.barrier()
-        if torchutils.is_main_process():
+        # The same instance files give the same COCO file: write it only when it is missing or stale.
+        made_anywhere = int(torchutils.all_reduce_sum(torch.tensor([made]))[0])
+        if torchutils.is_main_process() and (made_anywhere or cfg.overwrite or not coco_path(cfg).is_file()):
             payload = coco.export(train, lambda i: read_instances(ins_seg_dir(cfg) / f'{i}.npz'))
             coco.write(coco_path(cfg), payload)
             logger.info('COCO instance pseudo masks of %d train images (%d instances): %s', len(train),
