@@ -1,4 +1,5 @@
-"""Dense-CRF IR labels of one image: the per-image core of step/cam_to_ir_label.py.
+"""Dense CRFs of one image: IRNet's IR labels (step/cam_to_ir_label.py) and AffinityNet's soft la/ha maps
+(step/make_crf_labels.py).
 
 Kept free of torch so that the CRF worker processes start in a fraction of a second.
 """
@@ -22,6 +23,37 @@ def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int, t: i
     crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
     q = crf.inference(t)
     return np.argmax(np.asarray(q).reshape((n_labels, height, width)), axis=0)
+
+
+def crf_inference_soft(img: np.ndarray, probs: np.ndarray, t: int = 10) -> np.ndarray:
+    """AffinityNet's dense CRF on soft scores: img (H, W, 3) uint8, probs (C, H, W) -> (C, H, W) float32 marginals.
+
+    Unary -log(clip(probs, 1e-5, 1)) (probs need not sum to one), Gaussian kernel (sxy 3, compat 3), bilateral
+    kernel (sxy 80, srgb 13, compat 10), `t` mean-field iterations: the reference's parameters.
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    probs = np.asarray(probs, dtype=np.float32)
+    n_labels, height, width = probs.shape
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
+    q = crf.inference(t)
+    return np.asarray(q, dtype=np.float32).reshape((n_labels, height, width))
+
+
+def alpha_crf_marginals(img: np.ndarray, cams: np.ndarray, alpha: float, t: int = 10) -> np.ndarray:
+    """The la/ha maps of AffinityNet: img (H, W, 3) uint8, cams (K, H, W) of the image's classes (each divided
+    by its max) -> (K + 1, H, W) float32 CRF marginals of [background (1 - max_k cam_k)^alpha, cams].
+
+    A low alpha gives a large background score (confident foreground only), a high alpha a small one
+    (confident background only).
+    """
+    cams = np.asarray(cams, dtype=np.float32)
+    background = np.power(1 - np.max(cams, axis=0, initial=0.0), alpha)[None]
+    return crf_inference_soft(img, np.concatenate([background, cams]).astype(np.float32), t=t)
 
 
 def cam_to_ir_label(img, cams, keys, conf_fg_thres: float = 0.30, conf_bg_thres: float = 0.05) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from misc import imutils
+from misc.indexing import pair_indices
 from misc.imutils import BadInputError
 from voc12.classes import CAT_NAME_TO_NUM, N_CAT
 
@@ -218,6 +219,15 @@ class GetAffinityLabelFromIndices:
         fg_pos = (positive & (label_from > 0)).astype(np.float32)
         neg = (~equal & valid).astype(np.float32)
         return torch.from_numpy(bg_pos), torch.from_numpy(fg_pos), torch.from_numpy(neg)
+
+
+def affinity_labels_in_radius(label: np.ndarray, radius: int = 5):
+    """AffinityNet's pair labels of an (h, w) label map (0 background, 1..20, 255 ignore): the reference's
+    `ExtractAffinityLabelInRadius` on the pairs of `misc.indexing.pair_indices` (sources keep radius - 1
+    from the bottom, left and right edges). Returns (bg_pos, fg_pos, neg), each (P, S) float32 tensors:
+    same background, same foreground class, different labels; pairs touching 255 are in none."""
+    src, dst = pair_indices(radius, np.asarray(label).shape[:2])
+    return GetAffinityLabelFromIndices(src, dst)(label)
 
 
 # ----------------------------------------------------------------------------- datasets
