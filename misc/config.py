@@ -109,6 +109,11 @@ class Config:
     exp_times: int = 8
     sem_seg_bg_thres: float = 0.25
     sweep: tuple[float, ...] = ()
+    # ---- SEAM (--method seam)
+    resnet38_width: float = 1.0               # < 1 only from scratch (CPU demo): channels scaled
+    seam_scale: float = 0.3                   # the second branch's downscale (the equivariance transform)
+    seam_ecr_ratio: float = 0.2               # share of the hardest entries the ECR loss averages
+    seam_min_pool: bool = True                # the reference code's adaptive min-pooling loss (not in the paper)
     # ---- CDA
     cda_bank_source: Optional[Path] = None
     cda_min_fg_ratio: float = 0.1
@@ -199,7 +204,22 @@ PROFILES: dict[str, dict[str, Any]] = {
 METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     'irn': {},
     'affinitynet': {},
-    'seam': {},
+    'seam': {
+        # YudeWang/SEAM train_SEAM.py / infer_SEAM.py defaults; eval background 0.26 (infer_SEAM.py)
+        'paper': dict(
+            backbone='resnet38', cam_network='net.resnet38_seam', cam_crop_size=448, cam_resize_long=(448, 768),
+            cam_batch_size=8, cam_num_epoches=8, cam_learning_rate=0.01, cam_weight_decay=5e-4,
+            cam_scales=(0.5, 1.0, 1.5, 2.0), cam_eval_thres=0.26, beta=8, exp_times=6,
+        ),
+        'demo': dict(
+            pretrained='none', resnet38_width=0.125, cam_crop_size=96, cam_resize_long=(96, 160),
+            cam_batch_size=8, cam_num_epoches=8, cam_learning_rate=0.01, cam_scales=(0.5, 1.0, 1.5),
+        ),
+        'smoke': dict(
+            pretrained='none', resnet38_width=0.0625, cam_crop_size=48, cam_resize_long=(48, 80),
+            cam_batch_size=4, cam_num_epoches=1, cam_scales=(1.0, 0.5), cam_eval_thres=0.26,
+        ),
+    },
 }
 
 
@@ -267,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--channels_last', action=_BoolFlag, help='channels_last memory format on CUDA')
     g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
                    '(from scratch, trainable BN), or PATH to a torchvision ResNet state dict')
-    g.add_argument('--backbone', choices=('resnet50', 'resnet18'))
+    g.add_argument('--backbone', choices=('resnet50', 'resnet18', 'resnet38'))
     g.add_argument('--method', choices=tuple(METHOD_PROFILES), help='irn (default, ResNet-50), affinitynet '
                    '(PSA, ResNet-38) or seam (ResNet-38): which steps fill the pipeline, with their paper settings')
     g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(ALL_STEPS)}')
@@ -298,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--sem_seg_bg_thres', type=unit_float)
     g.add_argument('--sweep', type=unit_float, nargs='+', help='background thresholds that eval_cam and '
                    'eval_sem_seg evaluate in one pass (e.g. 0.05 0.1 ... 0.95)')
+
+    g = p.add_argument_group('SEAM (--method seam)')
+    g.add_argument('--resnet38_width', type=unit_float, help='ResNet-38 channel width factor; < 1 only with '
+                   '--pretrained none (the CPU demo)')
+    g.add_argument('--seam_scale', type=unit_float, help='downscale of the second branch (default 0.3)')
+    g.add_argument('--seam_ecr_ratio', type=unit_float, help='share of the hardest entries ECR averages '
+                   '(default 0.2)')
+    g.add_argument('--seam_min_pool', action=_BoolFlag, help='the reference code\'s adaptive min-pooling '
+                   'loss, not in the paper (default true; --no-seam_min_pool drops it)')
 
     g = p.add_argument_group('CDA')
     g.add_argument('--cda', action=_BoolFlag, help='baseline, object bank, then the CDA pass')

@@ -26,7 +26,9 @@ _IRN = {
 STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
     'irn': _IRN,
     'affinitynet': {},      # filled by the AffinityNet steps
-    'seam': {},             # filled by the SEAM steps
+    'seam': {               # SEAM's CAMs; AffinityNet and the walk come from the AffinityNet steps
+        'train_cam': 'step.train_seam', 'make_cam': 'step.make_cam_seam', 'eval_cam': 'step.eval_cam',
+    },
 }
 
 # Steps outside the per-method pass.

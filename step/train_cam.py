@@ -36,9 +36,20 @@ def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
                                                         load_weights=load_weights)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
+def classification_loss(model, img: torch.Tensor, label: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """Multilabel soft-margin loss of the image-level logits; no extra parts to report."""
+    with torchutils.autocast(img.device, cfg.amp):
+        logits = model(img)
+    return F.multilabel_soft_margin_loss(logits.float(), label), {}
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int,
+                    loss_fn=classification_loss) -> dict:
+    """One pass over `loader`; `loss_fn(model, img, label, cfg) -> (loss, {name: part})` gives the loss of a
+    batch (the CAM classifier's by default, SEAM's in `step.train_seam`); parts are averaged per image."""
     model.train()
     loss_sum, images, data_time, start = 0.0, 0, 0.0, time.perf_counter()
+    part_sums: dict[str, float] = {}
     tick = time.perf_counter()
     bar = tqdm(loader, desc=f'train_cam{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
                f'{cfg.cam_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
@@ -49,9 +60,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         label = label.to(device, non_blocking=True)
         if cfg.channels_last and device.type == 'cuda':
             img = img.contiguous(memory_format=torch.channels_last)
-        with torchutils.autocast(device, cfg.amp):
-            logits = model(img)
-        loss = F.multilabel_soft_margin_loss(logits.float(), label)
+        loss, parts = loss_fn(model, img, label, cfg)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'non-finite CAM loss at epoch {epoch + 1}; lower --cam_learning_rate')
         optimizer.zero_grad(set_to_none=True)
@@ -60,11 +69,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         scheduler.step()
         loss_sum += loss.item() * img.shape[0]
         images += img.shape[0]
+        for name, value in parts.items():
+            part_sums[name] = part_sums.get(name, 0.0) + float(value) * img.shape[0]
         bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
     return {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,
-            'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9)}
+            'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9),
+            **{name: value / max(images, 1) for name, value in part_sums.items()}}
 
 
 @torch.no_grad()
@@ -112,6 +124,15 @@ def max_steps(cfg: Config, n_train: int, steps_per_epoch: int) -> int:
 
 
 def run(cfg: Config) -> dict:
+    return train(cfg)
+
+
+def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, build=build_model,
+          wrap=lambda model: model) -> dict:
+    """Train the CAM network that `build(cfg)` makes with `loss_fn` (see `train_one_epoch`), checkpointing
+    every epoch (`--resume` goes on from the last one), and save `weights/cam.pt`. `wrap` turns the network
+    into the module that DDP wraps and `loss_fn` calls (SEAM's two-branch step); `validate_fn` None skips
+    the per-epoch validation loss."""
     weights = cfg.weights_dir / 'cam.pt'
     checkpoint_path = cfg.weights_dir / 'cam_checkpoint.pt'
     if weights.is_file() and not cfg.overwrite:
@@ -120,12 +141,12 @@ def run(cfg: Config) -> dict:
     device = common.device_of(cfg)
     train_set, val_set, loader_batch = make_datasets(cfg)
     train_loader = common.train_loader(train_set, loader_batch, cfg)
-    val_loader = common.eval_loader(val_set, loader_batch, cfg)
+    val_loader = common.eval_loader(val_set, loader_batch, cfg) if validate_fn is not None else None
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise common.BadInputError(f'train list has {len(train_set)} images, fewer than one batch of '
                                    f'{loader_batch * torchutils.world_size()}; lower --cam_batch_size')
-    model = build_model(cfg).to(device)
+    model = build(cfg).to(device)
     if cfg.channels_last and device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.cam_learning_rate,
@@ -134,18 +155,20 @@ def run(cfg: Config) -> dict:
     if cfg.resume and checkpoint_path.is_file():
         start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
     # trainable BN (from scratch): statistics over the global batch, as in a single process
-    ddp_model = torchutils.wrap_ddp(model, device, sync_bn=cfg.pretrained == 'none')
+    ddp_model = torchutils.wrap_ddp(wrap(model), device, sync_bn=cfg.pretrained == 'none')
     history = []
     for epoch in range(start_epoch, cfg.cam_num_epoches):
         train_set.set_epoch(epoch)
         train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, device, cfg, epoch)
-        stats['val_loss'] = validate(ddp_model, val_loader, device, cfg)
+        stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, device, cfg, epoch, loss_fn)
+        if validate_fn is not None:
+            stats['val_loss'] = validate_fn(ddp_model, val_loader, device, cfg)
         stats['epoch'] = epoch + 1
         history.append(stats)
-        logger.info('train_cam%s epoch %d/%d: loss %.4f, val loss %.4f, %.1f img/s (data %.1fs of %.1fs)',
+        logger.info('train_cam%s epoch %d/%d: loss %.4f, val loss %s, %.1f img/s (data %.1fs of %.1fs)',
                     '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'],
-                    stats['val_loss'], stats['images_per_s'], stats['data_seconds'], stats['seconds'])
+                    f"{stats['val_loss']:.4f}" if 'val_loss' in stats else '-', stats['images_per_s'],
+                    stats['data_seconds'], stats['seconds'])
         torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
     torchutils.barrier()
