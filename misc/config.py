@@ -109,6 +109,16 @@ class Config:
     exp_times: int = 8
     sem_seg_bg_thres: float = 0.25
     sweep: tuple[float, ...] = ()
+    # ---- AffinityNet steps (method affinitynet; SEAM reuses them): la/ha CRF labels, AffinityNet, its walk
+    crf_la_alpha: float = 4.0                  # low alpha: background (1 - max)^alpha large, confident fg
+    crf_ha_alpha: float = 32.0                 # high alpha: background small, confident bg (SEAM 24)
+    aff_crop_size: int = 448
+    aff_batch_size: int = 8
+    aff_num_epoches: int = 8
+    aff_learning_rate: float = 0.1            # SEAM 0.01; the head learns at 10x
+    aff_weight_decay: float = 5e-4
+    rw_alpha: float = 16.0                    # background (1 - max)^alpha of the walked scores (SEAM 6);
+                                              # the walk's beta and 2^exp_times steps are beta, exp_times
     # ---- CDA
     cda_bank_source: Optional[Path] = None
     cda_min_fg_ratio: float = 0.1
@@ -198,7 +208,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 # them), METHOD_PROFILES[method][profile] its demo/smoke sizes. Explicit flags override both.
 METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     'irn': {},
-    'affinitynet': {},
+    'affinitynet': {
+        'paper': dict(crf_la_alpha=4.0, crf_ha_alpha=32.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
+                      aff_learning_rate=0.1, aff_weight_decay=5e-4, rw_alpha=16.0, beta=8, exp_times=8),
+        'demo': dict(aff_crop_size=128, aff_batch_size=16, aff_num_epoches=4),
+        'smoke': dict(aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
+    },
     'seam': {},
 }
 
@@ -299,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--sweep', type=unit_float, nargs='+', help='background thresholds that eval_cam and '
                    'eval_sem_seg evaluate in one pass (e.g. 0.05 0.1 ... 0.95)')
 
+    g = p.add_argument_group('AffinityNet steps (--method affinitynet, seam)')
+    g.add_argument('--crf_la_alpha', type=positive_float, help='background power of the low-alpha CRF labels')
+    g.add_argument('--crf_ha_alpha', type=positive_float, help='background power of the high-alpha CRF labels')
+    g.add_argument('--aff_crop_size', type=positive_int, help='AffinityNet training crop (a multiple of 8, >= 72)')
+    g.add_argument('--aff_batch_size', type=positive_int)
+    g.add_argument('--aff_num_epoches', type=positive_int)
+    g.add_argument('--aff_learning_rate', type=positive_float)
+    g.add_argument('--aff_weight_decay', type=float)
+    g.add_argument('--rw_alpha', type=positive_float, help='background power of the walked scores (the walk '
+                   'itself uses --beta and 2^--exp_times steps)')
+
     g = p.add_argument_group('CDA')
     g.add_argument('--cda', action=_BoolFlag, help='baseline, object bank, then the CDA pass')
     g.add_argument('--cda_only', action=_BoolFlag, help='object bank and CDA pass from existing baseline outputs')
@@ -383,6 +409,12 @@ def validate(cfg: Config) -> list[str]:
     if cfg.irn_crop_size < 80:
         problems.append(f'--irn_crop_size {cfg.irn_crop_size} is too small: IRN learns from pixel pairs up to '
                         '10 apart at stride 4, which needs a crop of at least 80')
+    if cfg.method in ('affinitynet', 'seam') and (cfg.aff_crop_size % 8 or cfg.aff_crop_size < 72):
+        problems.append(f'--aff_crop_size {cfg.aff_crop_size}: must be a multiple of 8 and at least 72, since '
+                        'AffinityNet learns from pixel pairs up to 4 apart at stride 8 (9 feature columns)')
+    if cfg.crf_la_alpha > cfg.crf_ha_alpha:
+        problems.append(f'--crf_la_alpha {cfg.crf_la_alpha} is above --crf_ha_alpha {cfg.crf_ha_alpha}; the '
+                        'low-alpha (confident foreground) labels must use the lower power')
     if cfg.cam_resize_long[0] > cfg.cam_resize_long[1]:
         problems.append('--cam_resize_long: the first value (min) is above the second (max)')
     if cfg.irn_rescale[0] > cfg.irn_rescale[1]:
