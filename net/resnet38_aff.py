@@ -61,10 +61,11 @@ class Net(ResNet38):
         return self._pairs[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> affinities (N, P, S) of the pairs at stride 8."""
-        emb = self.embed(x)
+        """(N, 3, H, W) -> affinities (N, P, S) of the pairs at stride 8 (float32 also under autocast)."""
+        emb = self.embed(x).float()
         src, dst = self.pairs(emb.shape[2], emb.shape[3], emb.device)
-        return pair_affinity(emb, src, dst)
+        with torch.autocast(emb.device.type, enabled=False):
+            return pair_affinity(emb, src, dst)
 
     def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone weights that learn, head weights): lr and 10x lr (the reference's groups 0 and 2; its

@@ -25,7 +25,10 @@ _IRN = {
 
 STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
     'irn': _IRN,
-    'affinitynet': {},      # filled by the AffinityNet steps
+    'affinitynet': {        # CAM slots: filled by the PSA CAM steps
+        'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
+        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
+    },
     'seam': {},             # filled by the SEAM steps
 }
 
