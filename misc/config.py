@@ -82,7 +82,11 @@ class Config:
     amp: bool = False
     channels_last: bool = False
     pretrained: str = 'imagenet'               # imagenet | none | PATH to a torchvision state dict
-    backbone: str = 'resnet50'                 # resnet50 (the paper) | resnet18 (CPU demo)
+    backbone: str = 'resnet50'                 # resnet50 (the paper) | resnet18 (CPU demo) | resnet38 (PSA, SEAM)
+    backbone_width: float = 1.0                # ResNet-38 channel factor; below 1 only from scratch (CPU demo)
+    # ---- trained weights of a reference implementation: the slot's training is skipped, these are used
+    cam_weights: Optional[Path] = None         # e.g. irn res50_cam.pth, psa res38_cls.pth (net/weights.py)
+    irn_weights: Optional[Path] = None         # the relation network: irn res50_irn.pth, psa res38_aff.pth
     # ---- CAM
     cam_network: str = 'net.resnet50_cam'
     cam_crop_size: int = 512
@@ -93,6 +97,8 @@ class Config:
     cam_weight_decay: float = 1e-4
     cam_eval_thres: float = 0.15
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    cam_color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)   # brightness, contrast,
+                                                                                # saturation, hue (PSA, SEAM)
     # ---- IR labels
     conf_fg_thres: float = 0.30
     conf_bg_thres: float = 0.05
@@ -209,10 +215,20 @@ PROFILES: dict[str, dict[str, Any]] = {
 METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     'irn': {},
     'affinitynet': {
-        'paper': dict(crf_la_alpha=4.0, crf_ha_alpha=32.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
+        'paper': dict(backbone='resnet38', cam_network='net.resnet38_cls', cam_crop_size=448,
+                      cam_resize_long=(256, 512), cam_batch_size=16, cam_num_epoches=15, cam_learning_rate=0.1,
+                      cam_weight_decay=5e-4, cam_scales=(1.0, 0.5, 1.5, 2.0), cam_eval_thres=0.2,
+                      cam_color_jitter=(0.3, 0.3, 0.3, 0.1),
+                      crf_la_alpha=4.0, crf_ha_alpha=32.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
                       aff_learning_rate=0.1, aff_weight_decay=5e-4, rw_alpha=16.0, beta=8, exp_times=8),
-        'demo': dict(aff_crop_size=128, aff_batch_size=16, aff_num_epoches=4),
-        'smoke': dict(aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
+        # ResNet-38 at 1/8 width from scratch (trainable BN) on the synthetic data
+        'demo': dict(backbone='resnet38', backbone_width=0.125, pretrained='none', cam_crop_size=96,
+                     cam_resize_long=(72, 128), cam_batch_size=16, cam_num_epoches=12, cam_learning_rate=0.1,
+                     cam_weight_decay=1e-4, cam_scales=(1.0, 0.5, 1.5), cam_eval_thres=0.3,
+                     aff_crop_size=128, aff_batch_size=16, aff_num_epoches=4),
+        'smoke': dict(backbone='resnet38', backbone_width=0.0625, pretrained='none', cam_crop_size=64,
+                      cam_resize_long=(48, 80), cam_batch_size=8, cam_num_epoches=1, cam_scales=(1.0, 0.5),
+                      cam_eval_thres=0.5, aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
     },
     'seam': {},
 }
@@ -282,7 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--channels_last', action=_BoolFlag, help='channels_last memory format on CUDA')
     g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
                    '(from scratch, trainable BN), or PATH to a torchvision ResNet state dict')
-    g.add_argument('--backbone', choices=('resnet50', 'resnet18'))
+    g.add_argument('--backbone', choices=('resnet50', 'resnet18', 'resnet38'), help='resnet50/resnet18 for irn, '
+                   'resnet38 for affinitynet and seam (set by --method)')
+    g.add_argument('--backbone_width', type=positive_float, help='ResNet-38 channel factor (e.g. 0.125 for the '
+                   'CPU demo); below 1 needs --pretrained none')
+    g.add_argument('--cam_weights', type=Path, help='trained CAM network of a reference implementation (irn '
+                   'res50_cam.pth, psa res38_cls.pth, the CDA release): train_cam is skipped, these are used')
+    g.add_argument('--irn_weights', type=Path, help='trained relation network (irn res50_irn.pth, psa '
+                   'res38_aff.pth): its training step is skipped, these are used')
     g.add_argument('--method', choices=tuple(METHOD_PROFILES), help='irn (default, ResNet-50), affinitynet '
                    '(PSA, ResNet-38) or seam (ResNet-38): which steps fill the pipeline, with their paper settings')
     g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(ALL_STEPS)}')
@@ -297,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--cam_weight_decay', type=float)
     g.add_argument('--cam_eval_thres', type=unit_float)
     g.add_argument('--cam_scales', type=positive_float, nargs='+')
+    g.add_argument('--cam_color_jitter', type=float, nargs=4, metavar=('BRIGHTNESS', 'CONTRAST', 'SATURATION',
+                   'HUE'), help='colour jitter of CAM training (PSA/SEAM 0.3 0.3 0.3 0.1; 0 0 0 0 = off)')
 
     g = p.add_argument_group('IR labels and IRN')
     g.add_argument('--conf_fg_thres', type=unit_float)
@@ -419,9 +444,23 @@ def validate(cfg: Config) -> list[str]:
         problems.append('--cam_resize_long: the first value (min) is above the second (max)')
     if cfg.irn_rescale[0] > cfg.irn_rescale[1]:
         problems.append('--irn_rescale: the first value (min) is above the second (max)')
+    resnet38 = cfg.method in ('affinitynet', 'seam')
     if cfg.pretrained not in ('imagenet', 'none') and not Path(cfg.pretrained).is_file():
-        problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path '
-                        'of a torchvision ResNet state dict')
+        what = ('ResNet-38 ImageNet weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params or the converted .pth)'
+                if resnet38 else 'a torchvision ResNet state dict')
+        problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path of {what}')
+    if (cfg.method == 'irn') == (cfg.backbone == 'resnet38') and cfg.method in ('irn', 'affinitynet'):
+        problems.append(f'--backbone {cfg.backbone} does not fit --method {cfg.method}: affinitynet and seam use '
+                        'resnet38, irn resnet50 or resnet18')
+    if not 0 < cfg.backbone_width <= 1 or (cfg.backbone_width != 1 and cfg.pretrained != 'none'):
+        problems.append(f'--backbone_width {cfg.backbone_width}: must be in (0, 1], and below 1 only with '
+                        '--pretrained none (ImageNet weights exist at full width only)')
+    for flag in ('cam_weights', 'irn_weights'):
+        path = getattr(cfg, flag)
+        if path is not None and not Path(path).is_file():
+            problems.append(f'--{flag} {path}: no such file')
+    if any(not 0 <= v for v in cfg.cam_color_jitter) or cfg.cam_color_jitter[3] > 0.5:
+        problems.append(f'--cam_color_jitter {cfg.cam_color_jitter}: strengths must be >= 0 and the hue at most 0.5')
     if cfg.cda_paste_context != 'any' and cfg.voc12_root is not None \
             and not (cfg.voc12_root / 'scenes.json').is_file():
         problems.append('--cda_paste_context needs the synthetic dataset (its scenes.json); use any on real data')
@@ -446,7 +485,8 @@ def from_dict(values: dict[str, Any]) -> Config:
         default = getattr(Config(), key)
         if isinstance(value, list):
             value = tuple(value)
-        elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source'):
+        elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
+                                                  'irn_weights'):
             value = Path(value) if value is not None else None
         out[key] = value
     return Config(**out)
