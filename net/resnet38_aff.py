@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from misc.indexing import pair_indices
-from net.resnet38 import ResNet38, build_resnet38
+from net.resnet38 import HEAD_PREFIXES, ResNet38, check_width, load_backbone, load_pretrained
 
 HEAD_CHANNELS = (64, 128, 256)
 EMBED_CHANNELS = sum(HEAD_CHANNELS)     # 448
@@ -110,24 +110,20 @@ def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
 
 
 def build_net(pretrained: str, width: float = 1.0, load_weights: bool = True,
-              cam_state: Optional[Mapping[str, torch.Tensor]] = None) -> Net:
+              cam_state: Optional[Mapping[str, torch.Tensor]] = None, source: str = 'CAM weights') -> Net:
     """AffinityNet with its backbone from ImageNet weights (`pretrained` imagenet or PATH, as
-    `net.resnet38.build_resnet38`) or, with `pretrained` none, from a trained CAM network's state dict
-    `cam_state` (reference key names; its classifier is ignored). The head starts from scratch.
-    `load_weights=False` builds the architecture only (to load a checkpoint)."""
-    model = Net(width=width if pretrained == 'none' else 1.0)
+    `net.resnet38.load_pretrained`; width 1) or, with `pretrained` none, from a trained CAM network's state
+    dict `cam_state` (reference key names, its width; its classifier is ignored). The head starts from
+    scratch. `load_weights=False` builds the architecture only (to load a checkpoint)."""
+    if pretrained != 'none':
+        check_width(pretrained, width)
+    model = Net(width=width)
     if not load_weights:
         return model
-    if pretrained == 'none':
-        if cam_state is None:
-            raise ValueError('an AffinityNet without ImageNet weights takes its backbone from the CAM network')
-        source = cam_state
+    if pretrained != 'none':
+        load_pretrained(model, pretrained)
+    elif cam_state is None:
+        raise ValueError('an AffinityNet without ImageNet weights takes its backbone from the CAM network')
     else:
-        source = build_resnet38(pretrained, 1.0).state_dict()
-    own = model.state_dict()
-    backbone_keys = [k for k in own if not k.startswith(('f8_', 'f9.'))]
-    missing = [k for k in backbone_keys if k not in source and not k.endswith('num_batches_tracked')]
-    if missing:
-        raise ValueError(f'backbone weights lack {len(missing)} tensors, e.g. {missing[0]}')
-    model.load_state_dict({**own, **{k: source[k].to(own[k].dtype) for k in backbone_keys if k in source}})
+        load_backbone(model, {k: v for k, v in cam_state.items() if not k.startswith(HEAD_PREFIXES)}, source)
     return model

@@ -47,7 +47,7 @@ def build_model(cfg: Config) -> Net:
         raise common.BadInputError(f'{cam_weights} missing: without ImageNet weights AffinityNet takes its backbone '
                                    'from the CAM network; run train_cam first')
     cam_state = torchutils.load_checkpoint(cam_weights)['model']
-    return build_net('none', width_of(cam_state), cam_state=cam_state)
+    return build_net('none', width_of(cam_state), cam_state=cam_state, source=str(cam_weights))
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:

@@ -15,30 +15,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from misc import imutils
 from misc.indexing import pair_indices
-from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded
+from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded, color_jitter
 
 COLOR_JITTER = (0.3, 0.3, 0.3, 0.1)     # brightness, contrast, saturation, hue
-
-
-def color_jitter(img: np.ndarray, rng: np.random.Generator,
-                 strength: Sequence[float] = COLOR_JITTER) -> np.ndarray:
-    """torchvision's ColorJitter(b, c, s, h) on an (H, W, 3) uint8 image, with the factors (uniform in
-    [1 - x, 1 + x], hue shift in [-h, h]) and the random order of the four adjustments drawn from `rng`."""
-    import torchvision.transforms.functional as TF
-    brightness, contrast, saturation, hue = strength
-    factors = [rng.uniform(max(0.0, 1 - brightness), 1 + brightness),
-               rng.uniform(max(0.0, 1 - contrast), 1 + contrast),
-               rng.uniform(max(0.0, 1 - saturation), 1 + saturation),
-               rng.uniform(-hue, hue)]
-    adjust = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
-    pil = Image.fromarray(np.asarray(img, dtype=np.uint8))
-    for i in rng.permutation(4):
-        pil = adjust[i](pil, float(factors[i]))
-    return np.asarray(pil, dtype=np.uint8)
 
 
 def block_mean(maps: np.ndarray, block: int = 8) -> np.ndarray:
@@ -84,7 +66,7 @@ class CrfAffinityDataset(_EpochSeeded):
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         image_id = self.ids[index]
-        img = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng)
+        img = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
         la, ha = load_crf_maps(self.crf_dir / f'{image_id}.npz')
         if la.shape[1:] != img.shape[:2]:
             raise imutils.BadInputError(f'{self.crf_dir / image_id}.npz: CRF maps are {la.shape[1:]} but the image '
