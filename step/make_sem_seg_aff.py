@@ -33,7 +33,7 @@ from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('rw_alpha', 'beta', 'exp_times')
+SETTINGS = ('rw_alpha', 'beta', 'exp_times', 'irn_weights')
 RADIUS = 5
 
 
@@ -108,6 +108,11 @@ def sem_seg_from_affinity(model: Net, img: torch.Tensor, cams, keys, rw_alpha: f
 
 
 def load_aff(cfg: Config, device: torch.device) -> Net:
+    if cfg.irn_weights is not None:     # a reference's res38_aff.pth (same key names, net/weights.py)
+        from net.weights import load_reference_weights
+        model = build_net('none', cfg.backbone_width, load_weights=False)
+        load_reference_weights(model, 'net.resnet38_aff', cfg.irn_weights, '--irn_weights')
+        return model.to(device).eval()
     path = weights_path(cfg)
     if not path.is_file():
         raise common.BadInputError(f'{path} missing; run the train_irn (AffinityNet) step first')

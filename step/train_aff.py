@@ -27,7 +27,7 @@ from voc12.aff_dataset import CrfAffinityDataset
 logger = logging.getLogger(__name__)
 
 SETTINGS = ('aff_crop_size', 'aff_batch_size', 'aff_num_epoches', 'aff_learning_rate', 'aff_weight_decay',
-            'pretrained', 'seed')
+            'pretrained', 'backbone_width', 'irn_weights', 'seed')
 
 
 def weights_path(cfg: Config) -> Path:
@@ -117,6 +117,10 @@ def fit(model: Net, dataset: CrfAffinityDataset, cfg: Config, device: torch.devi
 
 def run(cfg: Config) -> dict:
     weights = weights_path(cfg)
+    if cfg.irn_weights is not None:
+        logger.info('--irn_weights %s given: AffinityNet training skipped, the walk uses these weights',
+                    cfg.irn_weights)
+        return {'skipped': True, 'weights': str(cfg.irn_weights)}
     if weights.is_file() and not cfg.overwrite:
         logger.info('%s exists: AffinityNet training skipped (--overwrite retrains)', weights)
         return {'skipped': True}
