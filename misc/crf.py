@@ -85,3 +85,29 @@ def label_one_image(job: tuple) -> str:
                                     f'{img.shape[:2]}; rerun make_cam with --overwrite')
     imutils.save_label_png(out_path, cam_to_ir_label(img, high_res, keys, fg, bg))
     return image_id
+
+
+def save_crf_maps(path, keys: np.ndarray, la: np.ndarray, ha: np.ndarray) -> None:
+    """Write the la/ha marginals (K + 1, H, W) as float16 in a compressed npz with the class keys (K,).
+
+    float16 keeps 11 significant bits (absolute error <= 2.4e-4 on [0, 1]); the labels are the argmax of 8 x 8
+    block means, which this can flip only where two channels' block means tie to within that error.
+    """
+    with imutils.atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            np.savez_compressed(f, keys=np.asarray(keys, np.int64), la=la.astype(np.float16),
+                                ha=ha.astype(np.float16))
+
+
+def crf_labels_one_image(job: tuple) -> str:
+    """Worker of step/make_crf_labels.py: read the image and its CAMs, write the la/ha maps; returns the id."""
+    image_id, image_path, cam_path, out_path, la_alpha, ha_alpha = job
+    img = imutils.read_rgb(image_path)
+    with np.load(cam_path) as cam:
+        high_res, keys = cam['high_res'].astype(np.float32), cam['keys']
+    if high_res.shape[1:] != img.shape[:2]:
+        raise imutils.BadInputError(f'{cam_path}: CAM is {high_res.shape[1:]} but {image_path} is '
+                                    f'{img.shape[:2]}; rerun make_cam with --overwrite')
+    save_crf_maps(out_path, keys, alpha_crf_marginals(img, high_res, la_alpha),
+                  alpha_crf_marginals(img, high_res, ha_alpha))
+    return image_id

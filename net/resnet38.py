@@ -171,26 +171,28 @@ def width_of(state: Mapping[str, torch.Tensor]) -> float:
     return state['conv1a.weight'].shape[0] / 64
 
 
-def load_backbone(model: ResNet38, state: Mapping[str, torch.Tensor], source: str,
-                  prefix: str = '') -> None:
-    """Copy the backbone tensors of `state` (reference key names, after `prefix`) into `model`, strictly:
-    every backbone tensor must be there with its shape (`num_batches_tracked` may be absent, as in a
-    dict converted from MXNet); keys under `prefix` that are not backbone tensors are refused."""
-    own = model.state_dict()
-    given = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+UNITS = ('conv1a', 'b2', 'b2_1', 'b2_2', 'b3', 'b3_1', 'b3_2', 'b4', 'b4_1', 'b4_2', 'b4_3', 'b4_4', 'b4_5',
+         'b5', 'b5_1', 'b5_2', 'b6', 'b7', 'bn7')
+HEAD_PREFIXES = ('fc8.', 'f8_', 'f9.', 'fc.', 'linear')      # task heads of the PSA/SEAM networks
+
+
+def load_backbone(model: ResNet38, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy the backbone tensors of `state` (reference key names) into `model` (a ResNet38 or a network
+    built on it), strictly: every backbone tensor must be there with its shape (`num_batches_tracked` may
+    be absent, as in a dict converted from MXNet) and nothing else may be; heads are the caller's business."""
+    own = {k: v for k, v in model.state_dict().items() if k.split('.', 1)[0] in UNITS}
     required = [k for k in own if not k.endswith('num_batches_tracked')]
-    missing = [k for k in required if k not in given]
-    wrong = [f'{k} {tuple(given[k].shape)} (expected {tuple(own[k].shape)})' for k in own
-             if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
-    unexpected = [k for k in given if k not in own] if not prefix else []
+    missing = [k for k in required if k not in state]
+    wrong = [f'{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})' for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    unexpected = [k for k in state if k not in own]
     if missing or wrong or unexpected:
         detail = (f'{len(missing)} missing (e.g. {missing[0]})' if missing else
                   f'{len(wrong)} mis-shaped (e.g. {wrong[0]})' if wrong else
                   f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
         raise BadInputError(f'{source}: not a ResNet-38 state dict with the reference key names: {detail}; '
                             f'{WHERE_TO_GET}')
-    merged = {k: (given[k] if k in given else own[k]) for k in own}
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in merged.items()})
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own if k in state}, strict=False)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -214,22 +216,32 @@ def imagenet_weights_path() -> Path:
                         f'(or put it in {hub})')
 
 
+def load_pretrained(model: ResNet38, pretrained: str) -> None:
+    """Load ImageNet weights into a width-1 ResNet38 (or a network built on it): `pretrained` imagenet (the
+    file found in torch hub's checkpoints folder) or PATH (.params or converted state dict); head tensors
+    in the file (fc8, f8_*, f9, the ImageNet classifier) are ignored."""
+    path = imagenet_weights_path() if pretrained == 'imagenet' else Path(pretrained)
+    state = read_weights(path)
+    load_backbone(model, {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}, str(path))
+
+
 def build_resnet38(pretrained: str, width: float = 1.0, load_weights: bool = True) -> ResNet38:
     """ResNet-38 with `pretrained` = imagenet (the .params found in torch hub's checkpoints folder), PATH
     (.params or converted state dict), or none (from scratch, trainable BN, any width).
     `load_weights=False` builds the same architecture for loading a checkpoint."""
     if pretrained == 'none':
         return ResNet38(width=width, frozen_bn=False)
-    if width != 1:
-        raise BadInputError(f'ResNet-38 width {width} needs --pretrained none: ImageNet weights exist only at '
-                            'width 1')
+    check_width(pretrained, width)
     model = ResNet38(width=1.0, frozen_bn=True)
     if load_weights:
-        path = imagenet_weights_path() if pretrained == 'imagenet' else Path(pretrained)
-        state = read_weights(path)
-        state = {k: v for k, v in state.items() if not k.startswith(('fc8.', 'f8_', 'f9.', 'fc.', 'linear'))}
-        load_backbone(model, state, str(path))
+        load_pretrained(model, pretrained)
     return model
+
+
+def check_width(pretrained: str, width: float) -> None:
+    if pretrained != 'none' and width != 1:
+        raise BadInputError(f'ResNet-38 width {width} needs --pretrained none: ImageNet weights exist only at '
+                            'width 1')
 
 
 def features(state_dict: Mapping[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from net.resnet38 import ResNet38, build_resnet38
+from net.resnet38 import ResNet38, check_width, load_pretrained
 
 N_SCORES = 21      # background + the 20 VOC classes
 
@@ -59,11 +59,9 @@ class Net(ResNet38):
 
     def __init__(self, backbone: str = 'resnet38', pretrained: str = 'imagenet', load_weights: bool = True,
                  width: float = 1.0):
-        # the backbone as `pretrained` says (weights checked and loaded there), then copied into this network
-        loaded = build_resnet38(pretrained, width=width, load_weights=load_weights)
-        super().__init__(width=loaded.width, frozen_bn=loaded.frozen_bn)
-        self.load_state_dict(loaded.state_dict(), strict=False)
-        del loaded
+        check_width(pretrained, width)
+        frozen = pretrained != 'none'          # ImageNet weights: frozen BN, conv1a/b2* frozen (net.resnet38)
+        super().__init__(width=width, frozen_bn=frozen)
         channels = self.channels
         self.dropout7 = nn.Dropout2d(0.5)
         self.fc8 = nn.Conv2d(channels['conv6'], N_SCORES, 1, bias=False)
@@ -75,6 +73,8 @@ class Net(ResNet38):
         nn.init.kaiming_normal_(self.f8_4.weight)
         nn.init.xavier_uniform_(self.f9.weight, gain=4)
         self.heads = (self.fc8, self.f8_3, self.f8_4, self.f9)     # a tuple: no second set of state-dict keys
+        if load_weights and frozen:
+            load_pretrained(self, pretrained)
 
     def pcm_features(self, x: torch.Tensor, feats: dict[str, torch.Tensor], size) -> torch.Tensor:
         """(N, 195, h, w): the image resized to the feature size and the two head projections of the
@@ -101,3 +101,8 @@ class Net(ResNet38):
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         return backbone, head
+
+
+def build(cfg, load_weights: bool = True) -> Net:
+    """The SEAM network of a Config (`pretrained`, `backbone_width`)."""
+    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=cfg.backbone_width)

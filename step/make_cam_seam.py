@@ -5,9 +5,10 @@ PCM output `cam_rv` (all 21 channels: the PCM's per-pixel suppression compares a
 classes, so the image's classes cannot be picked first) loses its background channel, is resized
 bilinearly (align_corners=False) to the image size, flipped back where flipped, and the 8 maps are
 summed. Classes absent from the image are zeroed, then `seam_normalize` applies the reference's
-min-max normalisation. Saved as `cam/<id>.npz` in step/make_cam.py's format: `keys` (K,) class indices
-0..19 of the image's classes, `high_res` (K, H, W) and `cam` (K, h, w) at stride 4 ((H-1)//4+1; the
-same fusion at that size), float32. The AffinityNet steps read `high_res`.
+min-max normalisation. Saved as `cam/<id>.npz` in the layout of step/make_cam_psa.py: `keys` (K,)
+class indices 0..19 of the image's classes, `high_res` (K, H, W) (what eval_cam, the CRF labels and the
+walk read) and `cam` (K, ceil(H/8), ceil(W/8)), high_res zero-padded and 8 x 8 averaged, float32.
+The trained network is `weights/cam.pt`, or `--cam_weights` (SEAM's or the CDA authors' release).
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ from tqdm import tqdm
 from misc import imutils, torchutils
 from misc.config import Config
 from step import common
-from step.train_seam import build_model
+from step.make_cam import load_cam_model
+from step.make_cam_psa import pool_to_stride
 from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('cam_scales',)
+SETTINGS = ('cam_scales', 'cam_network', 'backbone_width', 'pretrained', 'cam_weights')
 
 
 def outputs(cfg: Config) -> list:
@@ -53,33 +55,18 @@ def seam_normalize(sum_cam: torch.Tensor) -> torch.Tensor:
 def compute_seam_cams(model, pyramid: Sequence[torch.Tensor], label: np.ndarray, size: Sequence[int],
                       device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs, label (20,) -> (keys (K,), strided
-    (K, (H-1)//4+1, (W-1)//4+1), high_res (K, H, W)) normalised CAMs of the image's classes."""
+    (K, ceil(H/8), ceil(W/8)), high_res (K, H, W)) normalised CAMs of the image's classes."""
     size = tuple(int(s) for s in size)
-    strided_size = imutils.strided_size(size, 4)
     fused = torch.zeros((20,) + size, device=device)
-    fused_strided = torch.zeros((20,) + strided_size, device=device)
     for pair in pyramid:
         with torchutils.autocast(device, amp):
             _, cam_rv = model(pair.to(device, non_blocking=True))      # (2, 21, h_s, w_s)
-        cam_rv = cam_rv[:, 1:].float()
-        for target, out_size in ((fused, size), (fused_strided, strided_size)):
-            up = F.interpolate(cam_rv, out_size, mode='bilinear', align_corners=False)
-            target += up[0] + up[1].flip(-1)
+        up = F.interpolate(cam_rv[:, 1:].float(), size, mode='bilinear', align_corners=False)
+        fused += up[0] + up[1].flip(-1)                                 # flipped back after the resize
     present = torch.as_tensor(label, dtype=torch.float32, device=device)[:, None, None]
     keys = np.nonzero(np.asarray(label) > 1e-5)[0]
-    keys_t = torch.as_tensor(keys, dtype=torch.long, device=device)
-    high_res = seam_normalize(fused * present)[keys_t]
-    strided = seam_normalize(fused_strided * present)[keys_t]
-    return keys, strided.cpu().numpy(), high_res.cpu().numpy()
-
-
-def load_seam_model(cfg: Config, device: torch.device):
-    path = cfg.weights_dir / 'cam.pt'
-    if not path.is_file():
-        raise common.BadInputError(f'{path} missing; run the train_cam step first')
-    model = build_model(cfg, load_weights=False)
-    model.load_state_dict(torchutils.load_checkpoint(path)['model'])
-    return model.to(device).eval()
+    high_res = seam_normalize(fused * present)[torch.as_tensor(keys, dtype=torch.long, device=device)]
+    return keys, pool_to_stride(high_res).cpu().numpy(), high_res.cpu().numpy()
 
 
 def run(cfg: Config) -> dict:
@@ -92,7 +79,7 @@ def run(cfg: Config) -> dict:
         logger.info('make_cam: all %d CAMs exist (--overwrite redoes them)', len(ids))
         torchutils.barrier()
         return {'images': 0}
-    model = load_seam_model(cfg, device)
+    model = load_cam_model(cfg, device)
     dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, labels, cfg.cam_scales)
     for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_cam (SEAM)',
                      disable=not torchutils.is_main_process()):

@@ -32,8 +32,12 @@ def batch_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
-    return importlib.import_module(cfg.cam_network).Net(backbone=cfg.backbone, pretrained=cfg.pretrained,
-                                                        load_weights=load_weights)
+    """The CAM network of `cfg.cam_network`: its `build(cfg, load_weights)` where it has one (ResNet-38,
+    which needs the width), else `Net(backbone, pretrained, load_weights)`."""
+    module = importlib.import_module(cfg.cam_network)
+    if hasattr(module, 'build'):
+        return module.build(cfg, load_weights)
+    return module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=load_weights)
 
 
 def classification_loss(model, img: torch.Tensor, label: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
@@ -100,18 +104,20 @@ def make_datasets(cfg: Config):
     labels = common.image_labels(cfg, ids, 'train list')
     v_labels = common.image_labels(cfg, v_ids, 'val list')
     root = cfg.dataset_root
+    jitter = cfg.cam_color_jitter if any(cfg.cam_color_jitter) else None
     if cfg.stage == 'cda':
         from voc12.cda_dataset import CDAClassificationDataset
         from misc.cda import ObjectBank
         bank = ObjectBank.load(cfg.object_bank_dir)
         train = CDAClassificationDataset(ids, root, labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
                                          seed=cfg.seed, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
-                                         paste_context=cfg.cda_paste_context)
+                                         paste_context=cfg.cda_paste_context, jitter=jitter)
         val = CDAClassificationDataset(v_ids, root, v_labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
                                        seed=cfg.seed + 1, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
                                        paste_context=cfg.cda_paste_context)
         return train, val, cfg.cam_batch_size // 2
-    train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed)
+    train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed,
+                                             jitter=jitter)
     val = dataloader.ClassificationDataset(v_ids, root, v_labels, cfg.cam_resize_long, cfg.cam_crop_size,
                                            cfg.seed + 1)
     return train, val, cfg.cam_batch_size
@@ -135,6 +141,10 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, build=
     the per-epoch validation loss."""
     weights = cfg.weights_dir / 'cam.pt'
     checkpoint_path = cfg.weights_dir / 'cam_checkpoint.pt'
+    if cfg.cam_weights is not None:
+        logger.info('--cam_weights %s given: CAM training skipped, the later steps use these weights',
+                    cfg.cam_weights)
+        return {'skipped': True, 'weights': str(cfg.cam_weights)}
     if weights.is_file() and not cfg.overwrite:
         logger.info('%s exists: CAM training skipped (--overwrite retrains)', weights)
         return {'skipped': True}

@@ -12,8 +12,6 @@ is no validation pass.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn as nn
 
@@ -23,8 +21,8 @@ from misc.seam_losses import downscale, seam_losses
 from step import train_cam
 
 # Config fields the trained weights depend on (the registry's fingerprint).
-SETTINGS = ('method', 'cam_network', 'backbone', 'resnet38_width', 'pretrained', 'cam_crop_size',
-            'cam_resize_long', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate', 'cam_weight_decay',
+SETTINGS = ('method', 'cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
+            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate', 'cam_weight_decay',
             'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'cda_schedule', 'cda_variant',
             'cda_min_visible', 'cda_paste_context')
 
@@ -56,12 +54,6 @@ def seam_step_loss(model: nn.Module, img: torch.Tensor, label: torch.Tensor, cfg
     return losses['loss'], {k: losses[k].item() for k in ('cls', 'er', 'ecr')}
 
 
-def build_model(cfg: Config, load_weights: bool = True) -> nn.Module:
-    """The SEAM network of `cfg.cam_network` (net.resnet38_seam) with the configured ResNet-38 width."""
-    return importlib.import_module(cfg.cam_network).Net(pretrained=cfg.pretrained, width=cfg.resnet38_width,
-                                                        load_weights=load_weights)
-
-
 def run(cfg: Config) -> dict:
-    return train_cam.train(cfg, loss_fn=seam_step_loss, validate_fn=None, build=build_model,
+    return train_cam.train(cfg, loss_fn=seam_step_loss, validate_fn=None,
                            wrap=lambda net: TwoBranches(net, cfg.seam_scale))
