@@ -13,6 +13,12 @@ Key conventions, per network (reference file -> this project):
       `bn7.*`) and `fc8.weight` (20, 4096, 1, 1): identical names here, so the mapping only checks them.
   PSA AffinityNet, psa network/resnet38_aff.Net (`res38_aff.pth`) -> net/resnet38_aff.Net
       backbone keys as above plus `f8_3.weight`, `f8_4.weight`, `f8_5.weight`, `f9.weight`; identical names.
+  SEAM, seam network/resnet38_SEAM.Net (`resnet38_SEAM.pth`, the CDA authors' SEAM release) -> net/resnet38_seam.Net
+      backbone keys as above plus `fc8.weight` (21, 4096, 1, 1; row 0 the unused background),
+      `f8_3.weight` (64, 512, 1, 1), `f8_4.weight` (128, 1024, 1, 1), `f9.weight` (192, 195, 1, 1); identical
+      names (SEAM saves `model.module.state_dict()`; a `module.` prefix is dropped anyway). SEAM's AffinityNet
+      (`resnet38_aff_SEAM.pth`) is psa's network: as the PSA AffinityNet above. SEAM's ImageNet weights are
+      the same MXNet file as PSA's (`--pretrained`, net.resnet38).
   IRNet CAM net, irn net/resnet50_cam.Net (`res50_cam.pth`) -> net/resnet50_cam.Net
       irn holds the torchvision-named ResNet twice: `resnet50.conv1.weight`, `resnet50.layer1.0.conv1.weight`,
       ... and, through its nn.Sequential wrappers, `stage1.0.weight`, `stage1.4.0.conv1.weight`,

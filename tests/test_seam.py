@@ -202,6 +202,26 @@ def test_compute_seam_cams_shapes_and_flip_fusion() -> None:
     assert high_res.max() <= 1 and high_res.dtype == np.float32
 
 
+# ----------------------------------------------------------------------------- reference weights
+
+def test_reference_seam_checkpoint_loads_through_cam_weights(tmp_path) -> None:
+    """A file with resnet38_SEAM.Net's keys (here: a tiny net's, saved through DataParallel's `module.`) loads
+    into net.resnet38_seam.Net; PSA's 20-class fc8 is refused with one line."""
+    from misc.imutils import BadInputError
+    from net.weights import load_reference_weights
+    source = tiny_net(seed=1).state_dict()
+    assert {'fc8.weight', 'f8_3.weight', 'f8_4.weight', 'f9.weight', 'conv1a.weight', 'bn7.running_var'} <= set(source)
+    path = tmp_path / 'resnet38_SEAM.pth'
+    torch.save({f'module.{k}': v for k, v in source.items()}, path)
+    model = load_reference_weights(tiny_net(seed=2), 'net.resnet38_seam', path, '--cam_weights')
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, source[key]), key
+    source['fc8.weight'] = source['fc8.weight'][1:]
+    torch.save(source, path)
+    with pytest.raises(BadInputError, match='fc8.weight'):
+        load_reference_weights(tiny_net(), 'net.resnet38_seam', path, '--cam_weights')
+
+
 # ----------------------------------------------------------------------------- resume and DDP
 
 def smoke_cfg(voc: Path, work: Path, *extra: str):
