@@ -179,6 +179,31 @@ def test_one_training_step_on_cpu() -> None:
         assert not torch.equal(before[name], after[name]), name
 
 
+def test_cda_batches_go_through_both_branches_and_every_loss(monkeypatch) -> None:
+    """A CDA batch (B/2 images + their B/2 pasted versions) is one batch of B for both branches and all losses."""
+    net = tiny_net()
+    cfg = parse_config(['--method', 'seam', '--profile', 'smoke'])
+    seen = []
+    real = train_seam.seam_losses
+
+    def spy(cam1, cam_rv1, cam2, cam_rv2, labels, **kwargs):
+        seen.append((cam1.shape[0], cam2.shape[0], labels.clone()))
+        return real(cam1, cam_rv1, cam2, cam_rv2, labels, **kwargs)
+    monkeypatch.setattr(train_seam, 'seam_losses', spy)
+    generator = torch.Generator().manual_seed(0)
+    label, aug_label = torch.zeros(2, 20), torch.zeros(2, 20)
+    label[0, 2] = label[1, 5] = 1
+    aug_label[0, [2, 11]] = aug_label[1, [5, 0]] = 1
+    batch = {'img': torch.randn(2, 3, 48, 48, generator=generator), 'label': label,
+             'aug_img': torch.randn(2, 3, 48, 48, generator=generator), 'aug_label': aug_label}
+    optimizer, scheduler = torchutils.make_sgd(net.trainable_parameters(), 0.01, 0.0, max_step=10)
+    stats = train_cam.train_one_epoch(train_seam.TwoBranches(net, 0.3), [batch], optimizer, scheduler, CPU, cfg,
+                                      0, loss_fn=train_seam.seam_step_loss)
+    assert stats['images'] == 4
+    assert len(seen) == 1 and seen[0][:2] == (4, 4)
+    assert torch.equal(seen[0][2], torch.cat([label, aug_label]))
+
+
 def test_seam_normalize_quirks() -> None:
     fused = torch.zeros(3, 2, 2)
     fused[0] = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
