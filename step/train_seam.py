@@ -22,9 +22,9 @@ from step import train_cam
 
 # Config fields the trained weights depend on (the registry's fingerprint).
 SETTINGS = ('method', 'cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
-            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate', 'cam_weight_decay',
-            'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'cda_schedule', 'cda_variant',
-            'cda_min_visible', 'cda_paste_context')
+            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
+            'cam_weight_decay', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'cda_schedule',
+            'cda_variant', 'cda_min_visible', 'cda_paste_context')
 
 
 def outputs(cfg: Config) -> list:
