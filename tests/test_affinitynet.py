@@ -324,3 +324,44 @@ def test_sem_seg_from_affinity_on_a_tiny_net():
     assert (walked.amax(dim=(1, 2)) <= scores.amax(dim=(1, 2)) + 1e-6).all()
     label0, walked0 = sem_seg_from_affinity(model, img, cams, np.array([3, 8]), 16, 8, 0)
     assert label0[10, 10] == 4 and label0[70, 85] == 9                                # one step keeps the cores
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def test_two_gloo_processes_train_the_same_affinitynet(synthetic_voc, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from misc.config import parse_config
+    from step import common
+    from step.make_crf_labels import crf_dir
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    outs = {}
+    for name, nproc in (('one', 0), ('two', 2)):
+        work = tmp_path / name
+        flags = ['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+                 '--work_dir', str(work), '--seed', '3', '--aff_num_epoches', '2', '--num_workers', '0']
+        cfg = parse_config(flags)
+        write_crf_maps(synthetic_voc, crf_dir(cfg), common.train_ids(cfg))
+        torch.manual_seed(5)
+        cfg.weights_dir.mkdir(parents=True)
+        torch.save({'model': ResNet38(width=TINY, frozen_bn=False).state_dict()}, cfg.weights_dir / 'cam.pt')
+        launcher = [sys.executable] + (['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
+                                       if nproc else [])
+        outs[name] = tmp_path / f'{name}.pt'
+        result = subprocess.run(launcher + [str(root / 'tests' / 'aff_train_worker.py'), str(outs[name]), *flags],
+                                cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (torch.load(outs[n], map_location='cpu', weights_only=True) for n in ('one', 'two'))
+    assert a.keys() == b.keys()
+    moved = 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    start = build_net('none', TINY, cam_state=torch.load(tmp_path / 'one' / 'weights' / 'cam.pt',
+                                                         weights_only=False)['model'])
+    for key, value in start.state_dict().items():
+        if key.startswith('b7.') and value.is_floating_point() and not torch.equal(value, a[key]):
+            moved += 1
+    assert moved > 0            # the backbone learned (so the comparison covers its gradients too)
