@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from misc.crf import alpha_crf_marginals, crf_inference_soft, crf_labels_one_image
+from misc.crf import alpha_crf_marginals, confident_pixel_label, crf_inference_soft, crf_labels_one_image
 from misc.indexing import _search_directions, affinity_random_walk, pair_indices, pairs_transition
 from misc.imutils import read_label_png, save_rgb
 from net.resnet38 import ResNet38
@@ -114,12 +114,21 @@ def test_crf_labels_worker_writes_float16_maps(tmp_path):
     cams = np.zeros((1, 24, 32), np.float32)
     cams[0, :, 16:] = 1
     np.savez(tmp_path / 'cam.npz', keys=np.array([6]), high_res=cams, cam=cams[:, ::4, ::4])
-    crf_labels_one_image(('a', tmp_path / 'a.png', tmp_path / 'cam.npz', tmp_path / 'crf' / 'a.npz', 4, 32))
+    crf_labels_one_image(('a', tmp_path / 'a.png', tmp_path / 'cam.npz', tmp_path / 'crf' / 'a.npz', 4, 32,
+                          tmp_path / 'ir' / 'a.png'))
+    label = read_label_png(tmp_path / 'ir' / 'a.png')
+    assert (label[:, 20:] == 7).all() and (label[:, :12] == 0).all()
     with np.load(tmp_path / 'crf' / 'a.npz') as data:
         assert data['la'].dtype == data['ha'].dtype == np.float16
         assert data['la'].shape == data['ha'].shape == (2, 24, 32)
         np.testing.assert_array_equal(data['keys'], [6])
         np.testing.assert_allclose(data['ha'].astype(np.float32).sum(0), 1, atol=2e-3)
+
+
+def test_confident_pixel_label_maps_keys():
+    la = np.array([[[0.6, 0.2, 0.1]], [[0.3, 0.7, 0.1]], [[0.1, 0.1, 0.8]]], np.float32)   # bg, fg1, fg2
+    ha = np.array([[[0.3, 0.6, 0.1]], [[0.6, 0.3, 0.1]], [[0.1, 0.1, 0.8]]], np.float32)   # fg1, bg, fg2
+    np.testing.assert_array_equal(confident_pixel_label(la, ha, np.array([2, 14])), [[255, 0, 15]])
 
 
 # ----------------------------------------------------------------------------- loss
