@@ -278,3 +278,27 @@ def test_load_cam_model_uses_cam_weights(tmp_path, synthetic_voc):
     model = make_cam.load_cam_model(cfg, torch.device('cpu'))
     assert not model.training
     torch.testing.assert_close(model.fc8.weight, source['fc8.weight'])
+
+
+# ----------------------------------------------------------------------------- the CAM slots end to end
+
+def test_psa_cam_steps_baseline_and_cda(synthetic_voc, tmp_path):
+    """train_cam, make_cam (PSA fusion), eval_cam, then the CDA pass's CAM training on the jittered pairs."""
+    import json
+
+    import run_sample
+    code = run_sample.main(['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+                            '--work_dir', str(tmp_path), '--cda_bank_source', str(synthetic_voc / 'SegmentationClass'),
+                            '--steps', 'train_cam,make_cam,eval_cam,make_object_bank,cda_train_cam,cda_make_cam'])
+    assert code == 0
+    train_ids = (synthetic_voc / 'ImageSets' / 'Segmentation' / 'train.txt').read_text().split()
+    for stage in (tmp_path, tmp_path / 'cda'):
+        state = torch.load(stage / 'weights' / 'cam.pt', weights_only=False)['model']
+        assert 'fc8.weight' in state and 'b7.conv_branch2b2.weight' in state
+        for image_id in train_ids[:4]:
+            with np.load(stage / 'cam' / f'{image_id}.npz') as cam:
+                keys, strided, high_res = cam['keys'], cam['cam'], cam['high_res']
+            assert high_res.shape == (len(keys), 64, 64) and strided.shape == (len(keys), 8, 8)
+            assert high_res.dtype == np.float32 and high_res.min() >= 0 and high_res.max() <= 1
+    result = json.loads((tmp_path / 'metrics' / 'eval_cam.json').read_text())
+    assert result['threshold'] == 0.5 and 0 <= result['miou'] <= 1
