@@ -374,3 +374,49 @@ def test_two_gloo_processes_train_the_same_affinitynet(synthetic_voc, tmp_path):
         if key.startswith('b7.') and value.is_floating_point() and not torch.equal(value, a[key]):
             moved += 1
     assert moved > 0            # the backbone learned (so the comparison covers its gradients too)
+
+
+# ----------------------------------------------------------------------------- the three steps end to end
+
+def write_fake_cams(cfg, ids) -> None:
+    """CAM files as make_cam writes them, from the ground truth (blurred masks), and a CAM network's weights."""
+    import torch.nn.functional as F
+    from misc.imutils import save_npz
+    for image_id in ids:
+        mask = read_label_png(cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png')
+        keys = np.array(sorted(set(np.unique(mask)) - {0, 255}), np.int64)
+        onehot = torch.from_numpy(np.stack([mask == k for k in keys]).astype(np.float32))[None]
+        cams = F.avg_pool2d(onehot, 9, 1, 4, count_include_pad=False)[0].numpy()
+        cams /= cams.max(axis=(1, 2), keepdims=True) + 1e-5
+        save_npz(cfg.cam_dir / f'{image_id}.npz', keys=keys - 1, high_res=cams, cam=cams[:, ::8, ::8])
+    cfg.weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(5)
+    torch.save({'model': ResNet38(width=cfg.backbone_width, frozen_bn=False).state_dict()},
+               cfg.weights_dir / 'cam.pt')
+
+
+def test_affinitynet_steps_run_and_resume(synthetic_voc, tmp_path):
+    import json
+    import run_sample
+    from misc.config import parse_config
+    from step import common
+
+    flags = ['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+             '--work_dir', str(tmp_path), '--seed', '1', '--num_workers', '0',
+             '--steps', 'cam_to_ir_label,train_irn,make_sem_seg,eval_sem_seg']
+    cfg = parse_config(flags)
+    ids = sorted(set(common.train_ids(cfg)) | set(common.infer_ids(cfg)))
+    write_fake_cams(cfg, ids)
+    assert run_sample.main(flags) == 0
+    assert len(list((tmp_path / 'crf').glob('*.npz'))) == len(common.train_ids(cfg))
+    assert len(list((tmp_path / 'ir_label').glob('*.png'))) == len(common.train_ids(cfg))
+    assert (tmp_path / 'weights' / 'aff.pt').is_file()
+    masks = sorted((tmp_path / 'sem_seg').glob('*.png'))
+    assert [p.stem for p in masks] == sorted(common.infer_ids(cfg))
+    with np.load(tmp_path / 'rw_aff' / f'{masks[0].stem}.npz') as rw:
+        assert rw['rw'].shape[0] == rw['keys'].size + 1
+    result = json.loads((tmp_path / 'metrics' / 'eval_sem_seg.json').read_text())
+    assert 0 <= result['miou'] <= 1
+    stamp = {p: p.stat().st_mtime_ns for p in masks + [tmp_path / 'weights' / 'aff.pt']}
+    assert run_sample.main(flags) == 0                   # finished outputs are kept, not redone
+    assert stamp == {p: p.stat().st_mtime_ns for p in stamp}
