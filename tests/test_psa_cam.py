@@ -251,6 +251,18 @@ def test_psa_cls_weights_load_as_they_are(tmp_path):
                                source['b6.bn_branch2b2.running_var'])
 
 
+def test_psa_aff_weights_load_as_they_are(tmp_path):
+    from net.resnet38_aff import Net as AffNet
+    torch.manual_seed(5)
+    source = {k: v for k, v in randomised(AffNet(width=TINY), 5).items() if not k.endswith('num_batches_tracked')}
+    assert {'f8_3.weight', 'f8_4.weight', 'f8_5.weight', 'f9.weight'} <= set(source)
+    path = tmp_path / 'res38_aff.pth'
+    torch.save(source, path)
+    target = weights.load_reference_weights(AffNet(width=TINY), 'net.resnet38_aff', path, '--irn_weights')
+    torch.testing.assert_close(target.f9.weight, source['f9.weight'])
+    torch.testing.assert_close(target.state_dict()['bn7.running_mean'], source['bn7.running_mean'])
+
+
 def test_mismatched_weights_give_one_line(tmp_path):
     path = tmp_path / 'res50_cam.pth'
     torch.save(as_irn_cam(Res50Cam('resnet18', 'none', load_weights=False).state_dict()), path)
