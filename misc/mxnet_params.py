@@ -166,3 +166,27 @@ def resnet38_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor
 def load_resnet38_params(path: str | Path) -> dict[str, torch.Tensor]:
     """The ResNet-38 ImageNet weights of an ademxapp .params file, as a torch state dict."""
     return resnet38_state_dict(read_params(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m misc.mxnet_params IN.params OUT.pth`: convert once, print the key count and SHA-256."""
+    import argparse
+    import hashlib
+    parser = argparse.ArgumentParser(description='Convert the ademxapp ResNet-38 .params file to a torch state '
+                                                 'dict with the reference key names (no MXNet needed).')
+    parser.add_argument('params', type=Path)
+    parser.add_argument('out', type=Path)
+    args = parser.parse_args(argv)
+    try:
+        state = load_resnet38_params(args.params)
+    except BadInputError as e:
+        print(f'error: {e}')
+        return 2
+    torch.save(state, args.out)
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    print(f'{args.out}: {len(state)} tensors (191 expected), sha256 {digest}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

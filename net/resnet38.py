@@ -207,9 +207,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def imagenet_weights_path() -> Path:
-    """The .params file (or a converted .pth next to it) in torch hub's checkpoints folder."""
+    """The .params file, or a converted state dict of the same name ending in .pth, in torch hub's checkpoints
+    folder (~/.cache/torch/hub/checkpoints, or $TORCH_HOME/hub/checkpoints)."""
     hub = Path(torch.hub.get_dir()) / 'checkpoints'
-    for name in (PARAMS_FILE, 'ilsvrc-cls_rna-a1_cls1000_ep-0001.pth', 'resnet38d.pth'):
+    for name in (PARAMS_FILE, Path(PARAMS_FILE).with_suffix('.pth').name):
         if (hub / name).is_file():
             return hub / name
     raise BadInputError(f'--pretrained imagenet: there is no torchvision ResNet-38; {WHERE_TO_GET} '

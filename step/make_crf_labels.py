@@ -5,6 +5,8 @@ image's K classes at full resolution, refined by the soft dense CRF (misc.crf.cr
 iterations) into (K + 1, H, W) marginals. Both are kept soft (the training labels are argmaxes of 8 x 8
 block means after the random crop, so hard labels would not give the same pairs) and written as
 `crf/<id>.npz` (`keys` (K,), `la`, `ha` (K + 1, H, W) float16, compressed: see misc.crf.save_crf_maps).
+The la/ha rule applied per pixel is also written to `ir_label/<id>.png` (VOC palette; 255 unsure), which
+only the report and the contact sheet read.
 The CRF is CPU work, spread over `--num_workers` processes, as step/cam_to_ir_label.py.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from misc import torchutils
@@ -32,11 +35,10 @@ def crf_dir(cfg: Config) -> Path:
 
 
 def outputs(cfg: Config) -> list[Path]:
-    return [crf_dir(cfg)]
+    return [crf_dir(cfg), cfg.ir_label_dir]
 
 
 def crf_is_valid(path: Path) -> bool:
-    import numpy as np
     try:
         with np.load(path) as data:
             return {'keys', 'la', 'ha'} <= set(data.files)
@@ -51,7 +53,7 @@ def run(cfg: Config) -> dict:
     common.require_outputs(ids, cam_of, 'CAMs of the train list', 'make_cam')
     todo = torchutils.shard(common.pending(ids, output_of, crf_is_valid, cfg.overwrite))
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
-             cfg.crf_la_alpha, cfg.crf_ha_alpha) for i in todo]
+             cfg.crf_la_alpha, cfg.crf_ha_alpha, cfg.ir_label_dir / f'{i}.png') for i in todo]
     bar = dict(total=len(jobs), desc='make_crf_labels', disable=not torchutils.is_main_process())
     if cfg.num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=cfg.num_workers,

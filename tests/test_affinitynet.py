@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from misc.crf import alpha_crf_marginals, crf_inference_soft, crf_labels_one_image
+from misc.crf import alpha_crf_marginals, confident_pixel_label, crf_inference_soft, crf_labels_one_image
 from misc.indexing import _search_directions, affinity_random_walk, pair_indices, pairs_transition
 from misc.imutils import read_label_png, save_rgb
 from net.resnet38 import ResNet38
@@ -114,12 +114,21 @@ def test_crf_labels_worker_writes_float16_maps(tmp_path):
     cams = np.zeros((1, 24, 32), np.float32)
     cams[0, :, 16:] = 1
     np.savez(tmp_path / 'cam.npz', keys=np.array([6]), high_res=cams, cam=cams[:, ::4, ::4])
-    crf_labels_one_image(('a', tmp_path / 'a.png', tmp_path / 'cam.npz', tmp_path / 'crf' / 'a.npz', 4, 32))
+    crf_labels_one_image(('a', tmp_path / 'a.png', tmp_path / 'cam.npz', tmp_path / 'crf' / 'a.npz', 4, 32,
+                          tmp_path / 'ir' / 'a.png'))
+    label = read_label_png(tmp_path / 'ir' / 'a.png')
+    assert (label[:, 20:] == 7).all() and (label[:, :12] == 0).all()
     with np.load(tmp_path / 'crf' / 'a.npz') as data:
         assert data['la'].dtype == data['ha'].dtype == np.float16
         assert data['la'].shape == data['ha'].shape == (2, 24, 32)
         np.testing.assert_array_equal(data['keys'], [6])
         np.testing.assert_allclose(data['ha'].astype(np.float32).sum(0), 1, atol=2e-3)
+
+
+def test_confident_pixel_label_maps_keys():
+    la = np.array([[[0.6, 0.2, 0.1]], [[0.3, 0.7, 0.1]], [[0.1, 0.1, 0.8]]], np.float32)   # bg, fg1, fg2
+    ha = np.array([[[0.3, 0.6, 0.1]], [[0.6, 0.3, 0.1]], [[0.1, 0.1, 0.8]]], np.float32)   # fg1, bg, fg2
+    np.testing.assert_array_equal(confident_pixel_label(la, ha, np.array([2, 14])), [[255, 0, 15]])
 
 
 # ----------------------------------------------------------------------------- loss
@@ -324,3 +333,90 @@ def test_sem_seg_from_affinity_on_a_tiny_net():
     assert (walked.amax(dim=(1, 2)) <= scores.amax(dim=(1, 2)) + 1e-6).all()
     label0, walked0 = sem_seg_from_affinity(model, img, cams, np.array([3, 8]), 16, 8, 0)
     assert label0[10, 10] == 4 and label0[70, 85] == 9                                # one step keeps the cores
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def test_two_gloo_processes_train_the_same_affinitynet(synthetic_voc, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from misc.config import parse_config
+    from step import common
+    from step.make_crf_labels import crf_dir
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    outs = {}
+    for name, nproc in (('one', 0), ('two', 2)):
+        work = tmp_path / name
+        flags = ['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+                 '--work_dir', str(work), '--seed', '3', '--aff_num_epoches', '2', '--num_workers', '0']
+        cfg = parse_config(flags)
+        write_crf_maps(synthetic_voc, crf_dir(cfg), common.train_ids(cfg))
+        torch.manual_seed(5)
+        cfg.weights_dir.mkdir(parents=True)
+        torch.save({'model': ResNet38(width=TINY, frozen_bn=False).state_dict()}, cfg.weights_dir / 'cam.pt')
+        launcher = [sys.executable] + (['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
+                                       if nproc else [])
+        outs[name] = tmp_path / f'{name}.pt'
+        result = subprocess.run(launcher + [str(root / 'tests' / 'aff_train_worker.py'), str(outs[name]), *flags],
+                                cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (torch.load(outs[n], map_location='cpu', weights_only=True) for n in ('one', 'two'))
+    assert a.keys() == b.keys()
+    moved = 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    start = build_net('none', TINY, cam_state=torch.load(tmp_path / 'one' / 'weights' / 'cam.pt',
+                                                         weights_only=False)['model'])
+    for key, value in start.state_dict().items():
+        if key.startswith('b7.') and value.is_floating_point() and not torch.equal(value, a[key]):
+            moved += 1
+    assert moved > 0            # the backbone learned (so the comparison covers its gradients too)
+
+
+# ----------------------------------------------------------------------------- the three steps end to end
+
+def write_fake_cams(cfg, ids) -> None:
+    """CAM files as make_cam writes them, from the ground truth (blurred masks), and a CAM network's weights."""
+    import torch.nn.functional as F
+    from misc.imutils import save_npz
+    for image_id in ids:
+        mask = read_label_png(cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png')
+        keys = np.array(sorted(set(np.unique(mask)) - {0, 255}), np.int64)
+        onehot = torch.from_numpy(np.stack([mask == k for k in keys]).astype(np.float32))[None]
+        cams = F.avg_pool2d(onehot, 9, 1, 4, count_include_pad=False)[0].numpy()
+        cams /= cams.max(axis=(1, 2), keepdims=True) + 1e-5
+        save_npz(cfg.cam_dir / f'{image_id}.npz', keys=keys - 1, high_res=cams, cam=cams[:, ::8, ::8])
+    cfg.weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(5)
+    torch.save({'model': ResNet38(width=cfg.backbone_width, frozen_bn=False).state_dict()},
+               cfg.weights_dir / 'cam.pt')
+
+
+def test_affinitynet_steps_run_and_resume(synthetic_voc, tmp_path):
+    import json
+    import run_sample
+    from misc.config import parse_config
+    from step import common
+
+    flags = ['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+             '--work_dir', str(tmp_path), '--seed', '1', '--num_workers', '0',
+             '--steps', 'cam_to_ir_label,train_irn,make_sem_seg,eval_sem_seg']
+    cfg = parse_config(flags)
+    ids = sorted(set(common.train_ids(cfg)) | set(common.infer_ids(cfg)))
+    write_fake_cams(cfg, ids)
+    assert run_sample.main(flags) == 0
+    assert len(list((tmp_path / 'crf').glob('*.npz'))) == len(common.train_ids(cfg))
+    assert len(list((tmp_path / 'ir_label').glob('*.png'))) == len(common.train_ids(cfg))
+    assert (tmp_path / 'weights' / 'aff.pt').is_file()
+    masks = sorted((tmp_path / 'sem_seg').glob('*.png'))
+    assert [p.stem for p in masks] == sorted(common.infer_ids(cfg))
+    with np.load(tmp_path / 'rw_aff' / f'{masks[0].stem}.npz') as rw:
+        assert rw['rw'].shape[0] == rw['keys'].size + 1
+    result = json.loads((tmp_path / 'metrics' / 'eval_sem_seg.json').read_text())
+    assert 0 <= result['miou'] <= 1
+    stamp = {p: p.stat().st_mtime_ns for p in masks + [tmp_path / 'weights' / 'aff.pt']}
+    assert run_sample.main(flags) == 0                   # finished outputs are kept, not redone
+    assert stamp == {p: p.stat().st_mtime_ns for p in stamp}

@@ -264,3 +264,15 @@ def test_params_reader_rejects_other_files(tmp_path):
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(BadInputError, match='truncated'):
         mxnet_params.read_params(path)
+
+
+def test_converter_writes_a_loadable_state_dict(tmp_path, capsys):
+    model = randomise(ResNet38(width=TINY, frozen_bn=False))
+    arrays = {to_mxnet_name(k): v.numpy() for k, v in model.state_dict().items()
+              if not k.endswith('num_batches_tracked')}
+    mxnet_params.write_params(tmp_path / 'a.params', arrays, version=0)
+    assert mxnet_params.main([str(tmp_path / 'a.params'), str(tmp_path / 'a.pth')]) == 0
+    assert '191 tensors' in capsys.readouterr().out
+    target = ResNet38(width=TINY, frozen_bn=True)
+    resnet38.load_backbone(target, resnet38.read_weights(tmp_path / 'a.pth'), 'a.pth')
+    torch.testing.assert_close(target.state_dict()['b6.conv_branch2b1.weight'], model.b6.conv_branch2b1.weight)
