@@ -50,7 +50,8 @@ def classification_loss(model, img: torch.Tensor, label: torch.Tensor, cfg: Conf
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int,
                     loss_fn=classification_loss) -> dict:
     """One pass over `loader`; `loss_fn(model, img, label, cfg) -> (loss, {name: part})` gives the loss of a
-    batch (the CAM classifier's by default, SEAM's in `step.train_seam`); parts are averaged per image."""
+    batch (the CAM classifier's by default, SEAM's in `step.train_seam`); parts are averaged per image
+    into `stats['parts']`."""
     model.train()
     loss_sum, images, data_time, start = 0.0, 0, 0.0, time.perf_counter()
     part_sums: dict[str, float] = {}
@@ -78,9 +79,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
-    return {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,
-            'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9),
-            **{name: value / max(images, 1) for name, value in part_sums.items()}}
+    stats = {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,
+             'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9)}
+    if part_sums:
+        stats['parts'] = {name: value / max(images, 1) for name, value in part_sums.items()}
+    return stats
 
 
 @torch.no_grad()
@@ -133,9 +136,8 @@ def run(cfg: Config) -> dict:
     return train(cfg)
 
 
-def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, build=build_model,
-          wrap=lambda model: model) -> dict:
-    """Train the CAM network that `build(cfg)` makes with `loss_fn` (see `train_one_epoch`), checkpointing
+def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, wrap=lambda model: model) -> dict:
+    """Train the CAM network of `cfg.cam_network` with `loss_fn` (see `train_one_epoch`), checkpointing
     every epoch (`--resume` goes on from the last one), and save `weights/cam.pt`. `wrap` turns the network
     into the module that DDP wraps and `loss_fn` calls (SEAM's two-branch step); `validate_fn` None skips
     the per-epoch validation loss."""
@@ -156,7 +158,7 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, build=
     if steps_per_epoch == 0:
         raise common.BadInputError(f'train list has {len(train_set)} images, fewer than one batch of '
                                    f'{loader_batch * torchutils.world_size()}; lower --cam_batch_size')
-    model = build(cfg).to(device)
+    model = build_model(cfg).to(device)
     if cfg.channels_last and device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.cam_learning_rate,
@@ -175,8 +177,9 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, build=
             stats['val_loss'] = validate_fn(ddp_model, val_loader, device, cfg)
         stats['epoch'] = epoch + 1
         history.append(stats)
-        logger.info('train_cam%s epoch %d/%d: loss %.4f, val loss %s, %.1f img/s (data %.1fs of %.1fs)',
-                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'],
+        parts = ''.join(f', {k} {v:.4f}' for k, v in stats.get('parts', {}).items())
+        logger.info('train_cam%s epoch %d/%d: loss %.4f%s, val loss %s, %.1f img/s (data %.1fs of %.1fs)',
+                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'], parts,
                     f"{stats['val_loss']:.4f}" if 'val_loss' in stats else '-', stats['images_per_s'],
                     stats['data_seconds'], stats['seconds'])
         torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
