@@ -302,4 +302,13 @@ def affinity_random_walk(aff, src, dst, n_pixels: int, scores, beta: float = 8, 
     scores = torch.as_tensor(scores, device=device)
     transposed = pairs_transition(aff, src, dst.reshape(-1, src.numel()), int(n_pixels), beta)
     y = scores.reshape(-1, int(n_pixels)).to(torch.float64).T.contiguous()      # (N, C)
-    return walk(transposed, y, 2 ** int(logt)).T.to(torch.float32).contiguous()
+    threads = torch.get_num_threads()
+    if device.type == 'cpu':
+        # Stride-8 maps are small (N ~ 3,000 on VOC): one thread does each product in ~0.1 ms, while with
+        # several, on a loaded machine, every one of the 2^logt products waits at a barrier (demo, 2 cores:
+        # 0.03 s for 256 steps with one thread, 0.7-1.4 s with two).
+        torch.set_num_threads(1)
+    try:
+        return walk(transposed, y, 2 ** int(logt)).T.to(torch.float32).contiguous()
+    finally:
+        torch.set_num_threads(threads)
