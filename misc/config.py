@@ -83,7 +83,11 @@ class Config:
     amp: bool = False
     channels_last: bool = False
     pretrained: str = 'imagenet'               # imagenet | none | PATH to a torchvision state dict
-    backbone: str = 'resnet50'                 # resnet50 (the paper) | resnet18 (CPU demo)
+    backbone: str = 'resnet50'                 # resnet50 (the paper) | resnet18 (CPU demo) | resnet38 (PSA, SEAM)
+    backbone_width: float = 1.0                # ResNet-38 channel factor; below 1 only from scratch (CPU demo)
+    # ---- trained weights of a reference implementation: the slot's training is skipped, these are used
+    cam_weights: Optional[Path] = None         # e.g. irn res50_cam.pth, psa res38_cls.pth (net/weights.py)
+    irn_weights: Optional[Path] = None         # the relation network: irn res50_irn.pth, psa res38_aff.pth
     # ---- CAM
     cam_network: str = 'net.resnet50_cam'
     cam_crop_size: int = 512
@@ -94,6 +98,8 @@ class Config:
     cam_weight_decay: float = 1e-4
     cam_eval_thres: float = 0.15
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    cam_color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)   # brightness, contrast,
+                                                                                # saturation, hue (PSA, SEAM)
     # ---- IR labels
     conf_fg_thres: float = 0.30
     conf_bg_thres: float = 0.05
@@ -113,6 +119,20 @@ class Config:
     # ---- instance pseudo masks
     ins_seg_bg_thres: float = 0.25
     ins_seg_coco: bool = False                 # also write the train list's masks as a COCO JSON
+    # ---- AffinityNet steps (method affinitynet; SEAM reuses them): la/ha CRF labels, AffinityNet, its walk
+    crf_la_alpha: float = 4.0                  # low alpha: background (1 - max)^alpha large, confident fg
+    crf_ha_alpha: float = 32.0                 # high alpha: background small, confident bg (SEAM 24)
+    aff_crop_size: int = 448
+    aff_batch_size: int = 8
+    aff_num_epoches: int = 8
+    aff_learning_rate: float = 0.1            # SEAM 0.01; the head learns at 10x
+    aff_weight_decay: float = 5e-4
+    rw_alpha: float = 16.0                    # background (1 - max)^alpha of the walked scores (SEAM 6);
+                                              # the walk's beta and 2^exp_times steps are beta, exp_times
+    # ---- SEAM (--method seam)
+    seam_scale: float = 0.3                   # the second branch's downscale (the equivariance transform)
+    seam_ecr_ratio: float = 0.2               # share of the hardest entries the ECR loss averages
+    seam_min_pool: bool = True                # the reference code's adaptive min-pooling loss (not in the paper)
     # ---- CDA
     cda_bank_source: Optional[Path] = None
     cda_min_fg_ratio: float = 0.1
@@ -202,8 +222,44 @@ PROFILES: dict[str, dict[str, Any]] = {
 # them), METHOD_PROFILES[method][profile] its demo/smoke sizes. Explicit flags override both.
 METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     'irn': {},
-    'affinitynet': {},
-    'seam': {},
+    'affinitynet': {
+        'paper': dict(backbone='resnet38', cam_network='net.resnet38_cls', cam_crop_size=448,
+                      cam_resize_long=(256, 512), cam_batch_size=16, cam_num_epoches=15, cam_learning_rate=0.1,
+                      cam_weight_decay=5e-4, cam_scales=(1.0, 0.5, 1.5, 2.0), cam_eval_thres=0.2,
+                      cam_color_jitter=(0.3, 0.3, 0.3, 0.1),
+                      crf_la_alpha=4.0, crf_ha_alpha=32.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
+                      aff_learning_rate=0.1, aff_weight_decay=5e-4, rw_alpha=16.0, beta=8, exp_times=8),
+        # ResNet-38 at 1/8 width from scratch (trainable BN) on the synthetic data. A training step costs about
+        # 1.6x ResNet-18's at crop 96 (output stride 8, full-resolution early units), hence 8 epochs, not 12
+        'demo': dict(backbone='resnet38', backbone_width=0.125, pretrained='none', cam_crop_size=96,
+                     cam_resize_long=(72, 128), cam_batch_size=16, cam_num_epoches=8, cam_learning_rate=0.1,
+                     cam_weight_decay=1e-4, cam_scales=(1.0, 0.5, 1.5), cam_eval_thres=0.3,
+                     aff_crop_size=128, aff_batch_size=16, aff_num_epoches=4),
+        'smoke': dict(backbone='resnet38', backbone_width=0.0625, pretrained='none', cam_crop_size=64,
+                      cam_resize_long=(48, 80), cam_batch_size=8, cam_num_epoches=1, cam_scales=(1.0, 0.5),
+                      cam_eval_thres=0.5, aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
+    },
+    'seam': {
+        # YudeWang/SEAM train_SEAM.py / infer_SEAM.py / README: CAM training, scales 0.5-2, eval background
+        # 0.26, CRF labels at alpha 4 / 24, AffinityNet lr 0.01, walk alpha 6, beta 8, 2^6 steps
+        'paper': dict(backbone='resnet38', cam_network='net.resnet38_seam', cam_crop_size=448,
+                      cam_resize_long=(448, 768), cam_batch_size=8, cam_num_epoches=8, cam_learning_rate=0.01,
+                      cam_weight_decay=5e-4, cam_scales=(0.5, 1.0, 1.5, 2.0), cam_eval_thres=0.26,
+                      cam_color_jitter=(0.3, 0.3, 0.3, 0.1),
+                      crf_la_alpha=4.0, crf_ha_alpha=24.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
+                      aff_learning_rate=0.01, aff_weight_decay=5e-4, rw_alpha=6.0, beta=8, exp_times=6),
+        # ResNet-38 at 1/8 width from scratch (trainable BN) on the synthetic data, as the affinitynet demo. At
+        # these sizes a step costs per-layer overhead more than FLOPs: a SEAM step (two branches) costs about
+        # 2.3 ResNet-18 demo steps, so 6 epochs keep both passes (the CDA pass takes twice the baseline's
+        # steps) well inside the 15-minute CPU budget (README: estimate)
+        'demo': dict(backbone='resnet38', backbone_width=0.125, pretrained='none', cam_crop_size=96,
+                     cam_resize_long=(96, 160), cam_batch_size=16, cam_num_epoches=6, cam_learning_rate=0.1,
+                     cam_weight_decay=1e-4, cam_scales=(0.5, 1.0, 1.5), cam_eval_thres=0.26,
+                     aff_crop_size=128, aff_batch_size=16, aff_num_epoches=4),
+        'smoke': dict(backbone='resnet38', backbone_width=0.0625, pretrained='none', cam_crop_size=48,
+                      cam_resize_long=(48, 80), cam_batch_size=4, cam_num_epoches=1, cam_scales=(1.0, 0.5),
+                      aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
+    },
 }
 
 
@@ -271,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--channels_last', action=_BoolFlag, help='channels_last memory format on CUDA')
     g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
                    '(from scratch, trainable BN), or PATH to a torchvision ResNet state dict')
-    g.add_argument('--backbone', choices=('resnet50', 'resnet18'))
+    g.add_argument('--backbone', choices=('resnet50', 'resnet18', 'resnet38'), help='resnet50/resnet18 for irn, '
+                   'resnet38 for affinitynet and seam (set by --method)')
+    g.add_argument('--backbone_width', type=positive_float, help='ResNet-38 channel factor (e.g. 0.125 for the '
+                   'CPU demo); below 1 needs --pretrained none')
+    g.add_argument('--cam_weights', type=Path, help='trained CAM network of a reference implementation (irn '
+                   'res50_cam.pth, psa res38_cls.pth, the CDA release): train_cam is skipped, these are used')
+    g.add_argument('--irn_weights', type=Path, help='trained relation network (irn res50_irn.pth, psa '
+                   'res38_aff.pth): its training step is skipped, these are used')
     g.add_argument('--method', choices=tuple(METHOD_PROFILES), help='irn (default, ResNet-50), affinitynet '
                    '(PSA, ResNet-38) or seam (ResNet-38): which steps fill the pipeline, with their paper settings')
     g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(ALL_STEPS)}')
@@ -286,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--cam_weight_decay', type=float)
     g.add_argument('--cam_eval_thres', type=unit_float)
     g.add_argument('--cam_scales', type=positive_float, nargs='+')
+    g.add_argument('--cam_color_jitter', type=float, nargs=4, metavar=('BRIGHTNESS', 'CONTRAST', 'SATURATION',
+                   'HUE'), help='colour jitter of CAM training (PSA/SEAM 0.3 0.3 0.3 0.1; 0 0 0 0 = off)')
 
     g = p.add_argument_group('IR labels and IRN')
     g.add_argument('--conf_fg_thres', type=unit_float)
@@ -305,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--ins_seg_bg_thres', type=unit_float, help='background score of the instance masks')
     g.add_argument('--ins_seg_coco', action=_BoolFlag, help='make_ins_seg also writes the train list\'s '
                    'instance pseudo masks as COCO JSON (<pass>/coco/ins_seg_train.json), for Mask R-CNN')
+
+    g = p.add_argument_group('AffinityNet steps (--method affinitynet, seam)')
+    g.add_argument('--crf_la_alpha', type=positive_float, help='background power of the low-alpha CRF labels')
+    g.add_argument('--crf_ha_alpha', type=positive_float, help='background power of the high-alpha CRF labels')
+    g.add_argument('--aff_crop_size', type=positive_int, help='AffinityNet training crop (a multiple of 8, >= 72)')
+    g.add_argument('--aff_batch_size', type=positive_int)
+    g.add_argument('--aff_num_epoches', type=positive_int)
+    g.add_argument('--aff_learning_rate', type=positive_float)
+    g.add_argument('--aff_weight_decay', type=float)
+    g.add_argument('--rw_alpha', type=positive_float, help='background power of the walked scores (the walk '
+                   'itself uses --beta and 2^--exp_times steps)')
+
+    g = p.add_argument_group('SEAM (--method seam)')
+    g.add_argument('--seam_scale', type=unit_float, help='downscale of the second branch (default 0.3)')
+    g.add_argument('--seam_ecr_ratio', type=unit_float, help='share of the hardest entries ECR averages '
+                   '(default 0.2)')
+    g.add_argument('--seam_min_pool', action=_BoolFlag, help='the reference code\'s adaptive min-pooling '
+                   'loss, not in the paper (default true; --no-seam_min_pool drops it)')
 
     g = p.add_argument_group('CDA')
     g.add_argument('--cda', action=_BoolFlag, help='baseline, object bank, then the CDA pass')
@@ -390,13 +473,33 @@ def validate(cfg: Config) -> list[str]:
     if cfg.irn_crop_size < 80:
         problems.append(f'--irn_crop_size {cfg.irn_crop_size} is too small: IRN learns from pixel pairs up to '
                         '10 apart at stride 4, which needs a crop of at least 80')
+    if cfg.method in ('affinitynet', 'seam') and (cfg.aff_crop_size % 8 or cfg.aff_crop_size < 72):
+        problems.append(f'--aff_crop_size {cfg.aff_crop_size}: must be a multiple of 8 and at least 72, since '
+                        'AffinityNet learns from pixel pairs up to 4 apart at stride 8 (9 feature columns)')
+    if cfg.crf_la_alpha > cfg.crf_ha_alpha:
+        problems.append(f'--crf_la_alpha {cfg.crf_la_alpha} is above --crf_ha_alpha {cfg.crf_ha_alpha}; the '
+                        'low-alpha (confident foreground) labels must use the lower power')
     if cfg.cam_resize_long[0] > cfg.cam_resize_long[1]:
         problems.append('--cam_resize_long: the first value (min) is above the second (max)')
     if cfg.irn_rescale[0] > cfg.irn_rescale[1]:
         problems.append('--irn_rescale: the first value (min) is above the second (max)')
+    resnet38 = cfg.method in ('affinitynet', 'seam')
     if cfg.pretrained not in ('imagenet', 'none') and not Path(cfg.pretrained).is_file():
-        problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path '
-                        'of a torchvision ResNet state dict')
+        what = ('ResNet-38 ImageNet weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params or the converted .pth)'
+                if resnet38 else 'a torchvision ResNet state dict')
+        problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path of {what}')
+    if (cfg.method == 'irn') == (cfg.backbone == 'resnet38') and cfg.method in ('irn', 'affinitynet'):
+        problems.append(f'--backbone {cfg.backbone} does not fit --method {cfg.method}: affinitynet and seam use '
+                        'resnet38, irn resnet50 or resnet18')
+    if not 0 < cfg.backbone_width <= 1 or (cfg.backbone_width != 1 and cfg.pretrained != 'none'):
+        problems.append(f'--backbone_width {cfg.backbone_width}: must be in (0, 1], and below 1 only with '
+                        '--pretrained none (ImageNet weights exist at full width only)')
+    for flag in ('cam_weights', 'irn_weights'):
+        path = getattr(cfg, flag)
+        if path is not None and not Path(path).is_file():
+            problems.append(f'--{flag} {path}: no such file')
+    if any(not 0 <= v for v in cfg.cam_color_jitter) or cfg.cam_color_jitter[3] > 0.5:
+        problems.append(f'--cam_color_jitter {cfg.cam_color_jitter}: strengths must be >= 0 and the hue at most 0.5')
     if cfg.cda_paste_context != 'any' and cfg.voc12_root is not None \
             and not (cfg.voc12_root / 'scenes.json').is_file():
         problems.append('--cda_paste_context needs the synthetic dataset (its scenes.json); use any on real data')
@@ -404,6 +507,11 @@ def validate(cfg: Config) -> list[str]:
         import torch
         if not torch.cuda.is_available():
             problems.append('--device cuda: no CUDA GPU is visible; use --device cpu (or auto)')
+    if cfg.method == 'seam' and int(cfg.cam_crop_size * cfg.seam_scale) < 8:
+        problems.append(f'--seam_scale {cfg.seam_scale} with --cam_crop_size {cfg.cam_crop_size}: the second '
+                        'branch\'s crop must keep at least 8 pixels (one feature at stride 8); raise either')
+    if cfg.method == 'seam' and cfg.seam_ecr_ratio <= 0:
+        problems.append('--seam_ecr_ratio must be above 0 (the share of entries ECR averages)')
     return problems
 
 
@@ -421,7 +529,8 @@ def from_dict(values: dict[str, Any]) -> Config:
         default = getattr(Config(), key)
         if isinstance(value, list):
             value = tuple(value)
-        elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source'):
+        elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
+                                                  'irn_weights'):
             value = Path(value) if value is not None else None
         out[key] = value
     return Config(**out)

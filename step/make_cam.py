@@ -62,6 +62,13 @@ def compute_cams(model, pyramid: Sequence[torch.Tensor], keys: np.ndarray, size:
 
 
 def load_cam_model(cfg: Config, device: torch.device):
+    """The trained CAM network in eval mode: `--cam_weights` (a reference's file, keys mapped by
+    net/weights.py) when given, else this pass's weights/cam.pt."""
+    if cfg.cam_weights is not None:
+        from net.weights import load_reference_weights
+        model = load_reference_weights(build_model(cfg, load_weights=False), cfg.cam_network, cfg.cam_weights,
+                                       '--cam_weights')
+        return model.to(device).eval()
     path = cfg.weights_dir / 'cam.pt'
     if not path.is_file():
         raise common.BadInputError(f'{path} missing; run the train_cam step first')

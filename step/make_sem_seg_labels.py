@@ -70,6 +70,12 @@ def sem_seg_from_edge(cams, edge, keys, size: Sequence[int], beta: float = 10, e
 
 
 def load_irn(cfg: Config, device: torch.device):
+    if cfg.irn_weights is not None:     # a reference's res50_irn.pth, keys mapped by net/weights.py
+        from net.weights import load_reference_weights
+        module = importlib.import_module(cfg.irn_network)
+        model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=False)
+        load_reference_weights(model, cfg.irn_network, cfg.irn_weights, '--irn_weights')
+        return model.to(device).eval(), module
     path = cfg.weights_dir / 'irn.pt'
     if not path.is_file():
         raise common.BadInputError(f'{path} missing; run the train_irn step first')

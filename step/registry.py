@@ -26,8 +26,16 @@ _IRN = {
 
 STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
     'irn': _IRN,
-    'affinitynet': {},      # filled by the AffinityNet steps
-    'seam': {},             # filled by the SEAM steps
+    'affinitynet': {
+        'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam_psa', 'eval_cam': 'step.eval_cam',
+        'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
+        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
+    },
+    'seam': {               # SEAM's CAMs; then the AffinityNet steps with SEAM's settings
+        'train_cam': 'step.train_seam', 'make_cam': 'step.make_cam_seam', 'eval_cam': 'step.eval_cam',
+        'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
+        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
+    },
 }
 
 # Steps outside the per-method pass.

@@ -47,13 +47,29 @@ def batch_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
-    return importlib.import_module(cfg.cam_network).Net(backbone=cfg.backbone, pretrained=cfg.pretrained,
-                                                        load_weights=load_weights)
+    """The CAM network of `cfg.cam_network`: its `build(cfg, load_weights)` where it has one (ResNet-38,
+    which needs the width), else `Net(backbone, pretrained, load_weights)`."""
+    module = importlib.import_module(cfg.cam_network)
+    if hasattr(module, 'build'):
+        return module.build(cfg, load_weights)
+    return module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=load_weights)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
+def classification_loss(model, img: torch.Tensor, label: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """Multilabel soft-margin loss of the image-level logits; no extra parts to report."""
+    with torchutils.autocast(img.device, cfg.amp):
+        logits = model(img)
+    return F.multilabel_soft_margin_loss(logits.float(), label), {}
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int,
+                    loss_fn=classification_loss) -> dict:
+    """One pass over `loader`; `loss_fn(model, img, label, cfg) -> (loss, {name: part})` gives the loss of a
+    batch (the CAM classifier's by default, SEAM's in `step.train_seam`); parts are averaged per image
+    into `stats['parts']`."""
     model.train()
     loss_sum, images, data_time, start = 0.0, 0, 0.0, time.perf_counter()
+    part_sums: dict[str, float] = {}
     tick = time.perf_counter()
     bar = tqdm(loader, desc=f'train_cam{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
                f'{cfg.cam_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
@@ -64,9 +80,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         label = label.to(device, non_blocking=True)
         if cfg.channels_last and device.type == 'cuda':
             img = img.contiguous(memory_format=torch.channels_last)
-        with torchutils.autocast(device, cfg.amp):
-            logits = model(img)
-        loss = F.multilabel_soft_margin_loss(logits.float(), label)
+        loss, parts = loss_fn(model, img, label, cfg)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'non-finite CAM loss at epoch {epoch + 1}; lower --cam_learning_rate')
         optimizer.zero_grad(set_to_none=True)
@@ -75,11 +89,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         scheduler.step()
         loss_sum += loss.item() * img.shape[0]
         images += img.shape[0]
+        for name, value in parts.items():
+            part_sums[name] = part_sums.get(name, 0.0) + float(value) * img.shape[0]
         bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
         tick = time.perf_counter()
     elapsed = time.perf_counter() - start
-    return {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,
-            'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9)}
+    stats = {'loss': loss_sum / max(images, 1), 'images': images, 'seconds': elapsed,
+             'data_seconds': data_time, 'images_per_s': images / max(elapsed, 1e-9)}
+    if part_sums:
+        stats['parts'] = {name: value / max(images, 1) for name, value in part_sums.items()}
+    return stats
 
 
 @torch.no_grad()
@@ -103,18 +122,20 @@ def make_datasets(cfg: Config):
     labels = common.image_labels(cfg, ids, 'train list')
     v_labels = common.image_labels(cfg, v_ids, 'val list')
     root = cfg.dataset_root
+    jitter = cfg.cam_color_jitter if any(cfg.cam_color_jitter) else None
     if cfg.stage == 'cda':
         from voc12.cda_dataset import CDAClassificationDataset
         from misc.cda import ObjectBank
         bank = ObjectBank.load(cfg.object_bank_dir)
         train = CDAClassificationDataset(ids, root, labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
                                          seed=cfg.seed, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
-                                         paste_context=cfg.cda_paste_context)
+                                         paste_context=cfg.cda_paste_context, jitter=jitter)
         val = CDAClassificationDataset(v_ids, root, v_labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
                                        seed=cfg.seed + 1, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
                                        paste_context=cfg.cda_paste_context)
         return train, val, cfg.cam_batch_size // 2
-    train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed)
+    train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed,
+                                             jitter=jitter)
     val = dataloader.ClassificationDataset(v_ids, root, v_labels, cfg.cam_resize_long, cfg.cam_crop_size,
                                            cfg.seed + 1)
     return train, val, cfg.cam_batch_size
@@ -127,15 +148,27 @@ def max_steps(cfg: Config, n_train: int, steps_per_epoch: int) -> int:
 
 
 def run(cfg: Config) -> dict:
+    return train(cfg)
+
+
+def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, wrap=lambda model: model) -> dict:
+    """Train the CAM network of `cfg.cam_network` with `loss_fn` (see `train_one_epoch`), checkpointing
+    every epoch (`--resume` goes on from the last one), and save `weights/cam.pt`. `wrap` turns the network
+    into the module that DDP wraps and `loss_fn` calls (SEAM's two-branch step); `validate_fn` None skips
+    the per-epoch validation loss."""
     weights = cfg.weights_dir / 'cam.pt'
     checkpoint_path = cfg.weights_dir / 'cam_checkpoint.pt'
+    if cfg.cam_weights is not None:
+        logger.info('--cam_weights %s given: CAM training skipped, the later steps use these weights',
+                    cfg.cam_weights)
+        return {'skipped': True, 'weights': str(cfg.cam_weights)}
     if weights.is_file() and not cfg.overwrite:
         logger.info('%s exists: CAM training skipped (--overwrite retrains)', weights)
         return {'skipped': True}
     device = common.device_of(cfg)
     train_set, val_set, loader_batch = make_datasets(cfg)
     train_loader = common.train_loader(train_set, loader_batch, cfg)
-    val_loader = common.eval_loader(val_set, loader_batch, cfg)
+    val_loader = common.eval_loader(val_set, loader_batch, cfg) if validate_fn is not None else None
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise common.BadInputError(f'train list has {len(train_set)} images, fewer than one batch of '
@@ -149,18 +182,21 @@ def run(cfg: Config) -> dict:
     if cfg.resume and checkpoint_path.is_file():
         start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
     # trainable BN (from scratch): statistics over the global batch, as in a single process
-    ddp_model = torchutils.wrap_ddp(model, device, sync_bn=cfg.pretrained == 'none')
+    ddp_model = torchutils.wrap_ddp(wrap(model), device, sync_bn=cfg.pretrained == 'none')
     history = []
     for epoch in range(start_epoch, cfg.cam_num_epoches):
         train_set.set_epoch(epoch)
         train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, device, cfg, epoch)
-        stats['val_loss'] = validate(ddp_model, val_loader, device, cfg)
+        stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, device, cfg, epoch, loss_fn)
+        if validate_fn is not None:
+            stats['val_loss'] = validate_fn(ddp_model, val_loader, device, cfg)
         stats['epoch'] = epoch + 1
         history.append(stats)
-        logger.info('train_cam%s epoch %d/%d: loss %.4f, val loss %.4f, %.1f img/s (data %.1fs of %.1fs)',
-                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'],
-                    stats['val_loss'], stats['images_per_s'], stats['data_seconds'], stats['seconds'])
+        parts = ''.join(f', {k} {v:.4f}' for k, v in stats.get('parts', {}).items())
+        logger.info('train_cam%s epoch %d/%d: loss %.4f%s, val loss %s, %.1f img/s (data %.1fs of %.1fs)',
+                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'], parts,
+                    f"{stats['val_loss']:.4f}" if 'val_loss' in stats else '-', stats['images_per_s'],
+                    stats['data_seconds'], stats['seconds'])
         torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
     torchutils.barrier()

@@ -102,6 +102,10 @@ def measure_mean_shift(model, cfg: Config, device: torch.device) -> torch.Tensor
 def run(cfg: Config) -> dict:
     weights = cfg.weights_dir / 'irn.pt'
     checkpoint_path = cfg.weights_dir / 'irn_checkpoint.pt'
+    if cfg.irn_weights is not None:
+        logger.info('--irn_weights %s given: IRN training skipped, the later steps use these weights',
+                    cfg.irn_weights)
+        return {'skipped': True, 'weights': str(cfg.irn_weights)}
     if weights.is_file() and not cfg.overwrite:
         logger.info('%s exists: IRN training skipped (--overwrite retrains)', weights)
         return {'skipped': True}

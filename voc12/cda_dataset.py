@@ -40,8 +40,9 @@ class CDAClassificationDataset(ClassificationDataset):
 
     def __init__(self, ids, root: Path, labels: dict[str, np.ndarray], bank: ObjectBank,
                  resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
-                 variant: str = 'rotate', min_visible: float = 0.0, paste_context: str = 'any'):
-        super().__init__(ids, root, labels, resize_long, crop_size, seed)
+                 variant: str = 'rotate', min_visible: float = 0.0, paste_context: str = 'any',
+                 jitter: Optional[Sequence[float]] = None):
+        super().__init__(ids, root, labels, resize_long, crop_size, seed, jitter=jitter)
         self.bank = bank
         self.paste_options = VARIANTS[variant]
         self.min_visible = min_visible
@@ -78,8 +79,9 @@ class CDAClassificationDataset(ClassificationDataset):
             obj_img, obj_mask = self.bank.sample(pasted_class, rng)
             aug_source, pasted = paste_object(original, obj_img, obj_mask, rng, **self.paste_options)
             aug_label[pasted_class] = 1.0
-        img, _ = augment_for_cam(original, rng, self.resize_long, self.crop_size)
-        aug_img, visible = augment_for_cam(aug_source, rng, self.resize_long, self.crop_size, mask=pasted)
+        img, _ = augment_for_cam(original, rng, self.resize_long, self.crop_size, jitter=self.jitter)
+        aug_img, visible = augment_for_cam(aug_source, rng, self.resize_long, self.crop_size, mask=pasted,
+                                           jitter=self.jitter)
         if pasted_class is not None and visible < self.min_visible:
             aug_label[pasted_class] = 0.0
         return {'name': image_id, 'img': torch.from_numpy(img), 'label': torch.from_numpy(label),

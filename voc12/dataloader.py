@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from misc import imutils
+from misc.indexing import pair_indices
 from misc.imutils import BadInputError
 from voc12.classes import CAT_NAME_TO_NUM, N_CAT
 
@@ -220,6 +221,15 @@ class GetAffinityLabelFromIndices:
         return torch.from_numpy(bg_pos), torch.from_numpy(fg_pos), torch.from_numpy(neg)
 
 
+def affinity_labels_in_radius(label: np.ndarray, radius: int = 5):
+    """AffinityNet's pair labels of an (h, w) label map (0 background, 1..20, 255 ignore): the reference's
+    `ExtractAffinityLabelInRadius` on the pairs of `misc.indexing.pair_indices` (sources keep radius - 1
+    from the bottom, left and right edges). Returns (bg_pos, fg_pos, neg), each (P, S) float32 tensors:
+    same background, same foreground class, different labels; pairs touching 255 are in none."""
+    src, dst = pair_indices(radius, np.asarray(label).shape[:2])
+    return GetAffinityLabelFromIndices(src, dst)(label)
+
+
 # ----------------------------------------------------------------------------- datasets
 
 class _EpochSeeded(Dataset):
@@ -236,10 +246,31 @@ class _EpochSeeded(Dataset):
         return np.random.default_rng((self.seed, self.epoch, index))
 
 
+def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: Sequence[float]) -> np.ndarray:
+    """torchvision's ColorJitter(brightness, contrast, saturation, hue) on an (H, W, 3) uint8 image, with the
+    order of the four adjustments and their factors drawn from `rng` (not torch's global generator), so a
+    sample stays a function of (seed, epoch, index): factors uniform in [1 - s, 1 + s] (hue: shift in
+    [-h, h]), applied by torchvision.transforms.functional on the PIL image in a random order."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    brightness, contrast, saturation, hue = strength
+    order = rng.permutation(4)
+    factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in (brightness, contrast, saturation)]
+    factors.append(rng.uniform(-hue, hue))
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    image = Image.fromarray(np.ascontiguousarray(img))
+    for i in order:
+        if (i < 3 and strength[i] > 0) or (i == 3 and hue > 0):
+            image = adjust[i](image, factors[i])
+    return np.asarray(image, dtype=np.uint8)
+
+
 def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
-                    mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[float]]:
+                    mask: Optional[np.ndarray] = None, jitter: Optional[Sequence[float]] = None) \
+        -> tuple[np.ndarray, Optional[float]]:
     """The reference's CAM training augmentation: random long-side resize (bicubic), horizontal flip,
-    ImageNet normalisation, random crop padded with 0 -> (3, crop, crop) float32.
+    colour jitter (PSA/SEAM only: `jitter` = (brightness, contrast, saturation, hue)), ImageNet
+    normalisation, random crop padded with 0 (the mean colour) -> (3, crop, crop) float32.
 
     An optional (H, W) mask (CDA's pasted pixels) follows the same geometry (nearest neighbour); the
     second value returned is then the share of its resized pixels that survive the crop, else None.
@@ -249,6 +280,8 @@ def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequ
     img = imutils.pil_rescale(img, scale, 3)
     images = [img] if mask is None else [img, imutils.pil_rescale(mask.astype(np.uint8), scale, 0)]
     images = imutils.random_lr_flip(images, rng)
+    if jitter is not None and any(jitter):
+        images[0] = color_jitter(images[0], rng, jitter)
     images[0] = imutils.normalize(images[0])
     resized_count = int(images[1].sum()) if mask is not None else 0
     images = imutils.random_crop(images, crop_size, (0.0, 0), rng)
@@ -260,10 +293,11 @@ class ClassificationDataset(_EpochSeeded):
     """CAM training images: {'name', 'img' (3, crop, crop), 'label' (20,)}."""
 
     def __init__(self, ids: Sequence[str], root: Path, labels: dict[str, np.ndarray],
-                 resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0):
+                 resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
+                 jitter: Optional[Sequence[float]] = None):
         super().__init__(seed)
         self.ids, self.root, self.labels = list(ids), Path(root), labels
-        self.resize_long, self.crop_size = resize_long, crop_size
+        self.resize_long, self.crop_size, self.jitter = resize_long, crop_size, jitter
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -273,7 +307,7 @@ class ClassificationDataset(_EpochSeeded):
 
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
-        img, _ = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size)
+        img, _ = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size, jitter=self.jitter)
         return {'name': self.ids[index], 'img': torch.from_numpy(img),
                 'label': torch.from_numpy(self.labels[self.ids[index]])}
 

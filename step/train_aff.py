@@ -1,0 +1,136 @@
+"""Train AffinityNet on the pair labels of the la/ha CRF maps.
+
+Loss (as the reference): bg/4 + fg/4 + neg/2, each term the mean of -log(aff) (positives) or -log(1 - aff)
+(negatives) over its pairs in the whole batch (under torchrun: over all ranks' batches). SGD, lr for the
+backbone (conv1a and b2* frozen) and 10x for the head, weight decay, poly decay per iteration, crop
+`aff_crop_size`, colour jitter and flips (voc12/aff_dataset.py). The backbone starts from ImageNet
+weights, or (`--pretrained none`, the CPU demo) from the trained CAM network, with its BatchNorm frozen
+either way as in the reference. Saves `weights/aff.pt`; an epoch checkpoint lets `--resume` go on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from misc import torchutils
+from misc.config import Config
+from net.resnet38 import width_of
+from net.resnet38_aff import Net, affinity_loss_terms, build_net
+from step import common
+from step.make_crf_labels import crf_dir
+from voc12.aff_dataset import CrfAffinityDataset
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = ('aff_crop_size', 'aff_batch_size', 'aff_num_epoches', 'aff_learning_rate', 'aff_weight_decay',
+            'pretrained', 'backbone_width', 'irn_weights', 'seed')
+
+
+def weights_path(cfg: Config) -> Path:
+    return cfg.weights_dir / 'aff.pt'
+
+
+def outputs(cfg: Config) -> list[Path]:
+    return [weights_path(cfg), cfg.weights_dir / 'aff_checkpoint.pt']
+
+
+def build_model(cfg: Config) -> Net:
+    """AffinityNet from ImageNet weights; without them its backbone comes from the trained CAM network."""
+    if cfg.pretrained != 'none':
+        return build_net(cfg.pretrained)
+    cam_weights = cfg.weights_dir / 'cam.pt'
+    if not cam_weights.is_file():
+        raise common.BadInputError(f'{cam_weights} missing: without ImageNet weights AffinityNet takes its backbone '
+                                   'from the CAM network; run train_cam first')
+    cam_state = torchutils.load_checkpoint(cam_weights)['model']
+    return build_net('none', width_of(cam_state), cam_state=cam_state, source=str(cam_weights))
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
+    model.train()
+    totals, images, data_time, start = {}, 0, 0.0, time.perf_counter()
+    tick = time.perf_counter()
+    bar = tqdm(loader, desc=f'train_aff{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
+               f'{cfg.aff_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
+    for batch in bar:
+        data_time += time.perf_counter() - tick
+        img = batch['img'].to(device, non_blocking=True)
+        labels = [batch[k].to(device, non_blocking=True)
+                  for k in ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')]
+        with torchutils.autocast(device, cfg.amp):
+            aff = model(img)
+        counts = None
+        if torchutils.is_distributed():
+            counts = torchutils.all_reduce_sum(torch.stack([label.sum() for label in labels]).detach())
+        total, parts = affinity_loss_terms(aff.float(), *labels, pair_counts=counts, world=torchutils.world_size())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f'non-finite AffinityNet loss at epoch {epoch + 1}; lower --aff_learning_rate')
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value * img.shape[0]
+        images += img.shape[0]
+        bar.set_postfix(loss=f'{total.item() / torchutils.world_size():.4f}')
+        tick = time.perf_counter()
+    elapsed = time.perf_counter() - start
+    stats = {k: v / max(images, 1) for k, v in totals.items()}
+    stats.update(images=images, seconds=elapsed, data_seconds=data_time, images_per_s=images / max(elapsed, 1e-9))
+    return stats
+
+
+def fit(model: Net, dataset: CrfAffinityDataset, cfg: Config, device: torch.device,
+        checkpoint_path: Path | None = None) -> dict:
+    """The training loop on `dataset` (global batch aff_batch_size split over the ranks); returns the history."""
+    loader = common.train_loader(dataset, cfg.aff_batch_size, cfg)
+    if len(loader) == 0:
+        raise common.BadInputError(f'train list has {len(dataset)} images, fewer than one batch of '
+                                   f'{cfg.aff_batch_size}; lower --aff_batch_size')
+    model.to(device)
+    max_step = (len(dataset) // cfg.aff_batch_size) * cfg.aff_num_epoches
+    optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.aff_learning_rate,
+                                               cfg.aff_weight_decay, max_step)
+    start_epoch = 0
+    if cfg.resume and checkpoint_path is not None and checkpoint_path.is_file():
+        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
+    ddp_model = torchutils.wrap_ddp(model, device)
+    history = []
+    for epoch in range(start_epoch, cfg.aff_num_epoches):
+        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(ddp_model, loader, optimizer, scheduler, device, cfg, epoch)
+        stats['epoch'] = epoch + 1
+        history.append(stats)
+        logger.info('train_aff%s epoch %d/%d: bg %.4f, fg %.4f, neg %.4f, %.1f img/s (data %.1fs of %.1fs)',
+                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.aff_num_epoches, stats.get('bg', 0.0),
+                    stats.get('fg', 0.0), stats.get('neg', 0.0), stats['images_per_s'], stats['data_seconds'],
+                    stats['seconds'])
+        if checkpoint_path is not None:
+            torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
+    return {'epochs': history, 'max_step': max_step}
+
+
+def run(cfg: Config) -> dict:
+    weights = weights_path(cfg)
+    if cfg.irn_weights is not None:
+        logger.info('--irn_weights %s given: AffinityNet training skipped, the walk uses these weights',
+                    cfg.irn_weights)
+        return {'skipped': True, 'weights': str(cfg.irn_weights)}
+    if weights.is_file() and not cfg.overwrite:
+        logger.info('%s exists: AffinityNet training skipped (--overwrite retrains)', weights)
+        return {'skipped': True}
+    device = common.device_of(cfg)
+    ids = common.train_ids(cfg)
+    common.require_outputs(ids, lambda i: crf_dir(cfg) / f'{i}.npz', 'la/ha CRF maps of the train list',
+                           'cam_to_ir_label (make_crf_labels)')
+    dataset = CrfAffinityDataset(ids, cfg.dataset_root, crf_dir(cfg), cfg.aff_crop_size, seed=cfg.seed)
+    model = build_model(cfg)
+    result = fit(model, dataset, cfg, device, cfg.weights_dir / 'aff_checkpoint.pt')
+    torchutils.save_checkpoint(weights, model=model.state_dict(), width=model.width, config=cfg.to_json())
+    torchutils.barrier()
+    return result

@@ -1,0 +1,59 @@
+"""Train SEAM's CAM network (`--method seam`, the train_cam slot): two branches per batch and SEAM's losses.
+
+Each batch of crops goes through the network at full size and downscaled by `--seam_scale` (0.3, bilinear,
+align_corners=True, as the reference); `misc.seam_losses.seam_losses` gives classification (+ the
+adaptive min-pooling term unless `--seam_min_pool false`), equivariant regularisation and equivariant
+cross regularisation with top-`--seam_ecr_ratio` hard mining, weights 1. With CDA the B/2 images and
+their B/2 pasted versions form one batch that goes through both branches and every loss.
+
+The loop, datasets, schedule, checkpoints, `--resume` and DDP are `step.train_cam`'s. Both branches run
+inside one module call (`TwoBranches`), so DDP sees one forward per backward. Like the reference, there
+is no validation pass.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from misc import torchutils
+from misc.config import Config
+from misc.seam_losses import downscale, seam_losses
+from step import train_cam
+
+# Config fields the trained weights depend on (the registry's fingerprint).
+SETTINGS = ('method', 'cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
+            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
+            'cam_weight_decay', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'cda_schedule',
+            'cda_variant', 'cda_min_visible', 'cda_paste_context')
+
+
+def outputs(cfg: Config) -> list:
+    return [cfg.weights_dir / 'cam.pt', cfg.weights_dir / 'cam_checkpoint.pt']
+
+
+class TwoBranches(nn.Module):
+    """The SEAM network run on a batch and on the batch downscaled by `scale`:
+    img (N, 3, H, W) -> (cam1, cam_rv1 (N, 21, H, W), cam2, cam_rv2 (N, 21, h, w)), h = floor(H * scale)."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, img: torch.Tensor):
+        cam1, cam_rv1 = self.net(img)
+        cam2, cam_rv2 = self.net(downscale(img, self.scale))
+        return cam1, cam_rv1, cam2, cam_rv2
+
+
+def seam_step_loss(model: nn.Module, img: torch.Tensor, label: torch.Tensor, cfg: Config):
+    """(loss, parts) of one batch; `model` is a TwoBranches (or its DDP wrapper)."""
+    with torchutils.autocast(img.device, cfg.amp):
+        cam1, cam_rv1, cam2, cam_rv2 = model(img)
+    losses = seam_losses(cam1.float(), cam_rv1.float(), cam2.float(), cam_rv2.float(), label,
+                         scale=cfg.seam_scale, ecr_ratio=cfg.seam_ecr_ratio, min_pool=cfg.seam_min_pool)
+    return losses['loss'], {k: losses[k].item() for k in ('cls', 'er', 'ecr')}
+
+
+def run(cfg: Config) -> dict:
+    return train_cam.train(cfg, loss_fn=seam_step_loss, validate_fn=None,
+                           wrap=lambda net: TwoBranches(net, cfg.seam_scale))

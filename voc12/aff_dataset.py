@@ -1,0 +1,81 @@
+"""AffinityNet training samples: image, and pair labels from the soft low/high-alpha CRF maps.
+
+Per sample, as the reference (`psa/voc12/data.py`, `psa/train_aff.py`): colour jitter (0.3, 0.3, 0.3, 0.1)
+on the uint8 image; one random crop box (`crop_size`, no rescaling) for the image and the stacked la/ha
+marginals, taken on raw pixel values (padding is raw 0, i.e. black after normalisation, and 0 in every
+label channel); ImageNet normalisation; one horizontal flip for both; the marginals averaged over the 8 x 8
+blocks of the crop; then `confident_label` and the pair labels of radius 5 at stride 8.
+
+Every draw comes from the sample's own generator (seed, epoch, index), as the other datasets here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from misc import imutils
+from misc.indexing import pair_indices
+from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded, color_jitter
+
+COLOR_JITTER = (0.3, 0.3, 0.3, 0.1)     # brightness, contrast, saturation, hue
+
+
+def block_mean(maps: np.ndarray, block: int = 8) -> np.ndarray:
+    """(C, H, W) -> (C, H / block, W / block) means over aligned block x block squares (H, W multiples of it)."""
+    channels, height, width = maps.shape
+    return maps.reshape(channels, height // block, block, width // block, block).mean(axis=(2, 4))
+
+
+def confident_label(la: np.ndarray, ha: np.ndarray) -> np.ndarray:
+    """The reference's rule on block-averaged marginals la, ha (K + 1, h, w) (channel 0 background) -> (h, w)
+    uint8: the low-alpha argmax where it is foreground (1..K, the position among the image's classes), 255
+    where it is background, then 0 wherever the high-alpha argmax is background (even over la's foreground),
+    and 255 where no channel scores (blocks of crop padding)."""
+    no_score = np.maximum(la.max(axis=0), ha.max(axis=0)) < 1e-5
+    la_idx, ha_idx = np.argmax(la, axis=0), np.argmax(ha, axis=0)
+    label = la_idx.astype(np.uint8)
+    label[la_idx == 0] = 255
+    label[ha_idx == 0] = 0
+    label[no_score] = 255
+    return label
+
+
+def load_crf_maps(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(la, ha), each (K + 1, H, W) float32, from a `make_crf_labels` file."""
+    with np.load(path) as data:
+        return data['la'].astype(np.float32), data['ha'].astype(np.float32)
+
+
+class CrfAffinityDataset(_EpochSeeded):
+    """{'name', 'img' (3, crop, crop), 'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (P, S)}."""
+
+    def __init__(self, ids: Sequence[str], root: Path, crf_dir: Path, crop_size: int = 448, radius: int = 5,
+                 seed: int = 0):
+        super().__init__(seed)
+        if crop_size % 8:
+            raise ValueError(f'crop size {crop_size} is not a multiple of 8')
+        self.ids, self.root, self.crf_dir, self.crop_size = list(ids), Path(root), Path(crf_dir), crop_size
+        self.extract_affinity_labels = GetAffinityLabelFromIndices(*pair_indices(radius, crop_size // 8))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self.rng(index)
+        image_id = self.ids[index]
+        img = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
+        la, ha = load_crf_maps(self.crf_dir / f'{image_id}.npz')
+        if la.shape[1:] != img.shape[:2]:
+            raise imutils.BadInputError(f'{self.crf_dir / image_id}.npz: CRF maps are {la.shape[1:]} but the image '
+                                        f'is {img.shape[:2]}; rerun the la/ha step with --overwrite')
+        maps = np.concatenate([la, ha]).transpose(1, 2, 0)                      # (H, W, 2(K + 1))
+        img, maps = imutils.random_crop([img, maps], self.crop_size, (0, 0.0), rng)
+        img, maps = imutils.random_lr_flip([imutils.normalize(img), maps], rng)
+        pooled = block_mean(np.ascontiguousarray(maps.transpose(2, 0, 1)))      # (2(K + 1), crop/8, crop/8)
+        label = confident_label(pooled[:len(la)], pooled[len(la):])
+        bg_pos, fg_pos, neg = self.extract_affinity_labels(label)
+        return {'name': image_id, 'img': torch.from_numpy(imutils.hwc_to_chw(img)),
+                'aff_bg_pos_label': bg_pos, 'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
