@@ -230,6 +230,7 @@ def test_net_keys_are_the_references_and_affinities_match_the_definition():
         emb = model.embed(x)
     src, dst = pair_indices(5, (10, 12))
     assert aff.shape == (2, 34, src.size) and emb.shape == (2, 448, 10, 12)
+    torch.testing.assert_close(pair_affinity(emb, torch.from_numpy(src), torch.from_numpy(dst)), aff)
     flat = emb.reshape(2, 448, -1)
     for n, p, k in ((0, 0, 0), (1, 33, 5), (1, 17, 23)):
         expected = torch.exp(-(flat[n, :, dst[p, k]] - flat[n, :, src[k]]).abs().mean())
