@@ -230,6 +230,7 @@ def test_net_keys_are_the_references_and_affinities_match_the_definition():
         emb = model.embed(x)
     src, dst = pair_indices(5, (10, 12))
     assert aff.shape == (2, 34, src.size) and emb.shape == (2, 448, 10, 12)
+    torch.testing.assert_close(pair_affinity(emb, torch.from_numpy(src), torch.from_numpy(dst)), aff)
     flat = emb.reshape(2, 448, -1)
     for n, p, k in ((0, 0, 0), (1, 33, 5), (1, 17, 23)):
         expected = torch.exp(-(flat[n, :, dst[p, k]] - flat[n, :, src[k]]).abs().mean())
@@ -420,3 +421,43 @@ def test_affinitynet_steps_run_and_resume(synthetic_voc, tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in masks + [tmp_path / 'weights' / 'aff.pt']}
     assert run_sample.main(flags) == 0                   # finished outputs are kept, not redone
     assert stamp == {p: p.stat().st_mtime_ns for p in stamp}
+
+
+def test_interrupted_affinitynet_training_resumes_to_the_same_weights(synthetic_voc, tmp_path, monkeypatch):
+    import dataclasses
+    from misc import torchutils
+    from misc.config import parse_config
+    from step import common, train_aff
+    from step.make_crf_labels import crf_dir
+
+    cfg = parse_config(['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+                        '--work_dir', str(tmp_path), '--seed', '2', '--aff_num_epoches', '2', '--num_workers', '0'])
+    write_fake_cams(cfg, common.train_ids(cfg))
+    write_crf_maps(synthetic_voc, crf_dir(cfg), common.train_ids(cfg))
+    dataset = CrfAffinityDataset(common.train_ids(cfg), synthetic_voc, crf_dir(cfg), cfg.aff_crop_size, seed=cfg.seed)
+    device = torch.device('cpu')
+
+    torchutils.seed_everything(cfg.seed)
+    straight = train_aff.build_model(cfg)
+    train_aff.fit(straight, dataset, cfg, device, tmp_path / 'straight.pt')
+
+    torchutils.seed_everything(cfg.seed)
+    killed = train_aff.build_model(cfg)
+    real_epoch, calls = train_aff.train_one_epoch, []
+
+    def stop_at_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(train_aff, 'train_one_epoch', stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_aff.fit(killed, dataset, cfg, device, tmp_path / 'killed.pt')
+    monkeypatch.setattr(train_aff, 'train_one_epoch', real_epoch)
+
+    torch.manual_seed(99)                              # whatever the state: the checkpoint restores it
+    resumed = train_aff.build_model(cfg)
+    history = train_aff.fit(resumed, dataset, dataclasses.replace(cfg, resume=True), device, tmp_path / 'killed.pt')
+    assert [e['epoch'] for e in history['epochs']] == [2]
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
