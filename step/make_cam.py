@@ -26,7 +26,7 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 
-SETTINGS = ('cam_scales', 'train_list')
+SETTINGS = ('cam_scales', 'train_list', 'cam_weights')
 
 
 def outputs(cfg: Config) -> list[Path]:

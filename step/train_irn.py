@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 SETTINGS = ('backbone', 'pretrained', 'irn_network', 'irn_crop_size', 'irn_rescale', 'irn_batch_size',
-            'irn_num_epoches', 'irn_learning_rate', 'irn_weight_decay', 'seed', 'train_list', 'infer_list')
+            'irn_num_epoches', 'irn_learning_rate', 'irn_weight_decay', 'seed', 'train_list', 'infer_list',
+            'irn_weights')
 
 
 def outputs(cfg: Config) -> list[Path]:

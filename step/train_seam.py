@@ -21,10 +21,12 @@ from misc.seam_losses import downscale, seam_losses
 from step import train_cam
 
 # Config fields the trained weights depend on (the registry's fingerprint).
-SETTINGS = ('method', 'cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
-            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
-            'cam_weight_decay', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'cda_schedule',
-            'cda_variant', 'cda_min_visible', 'cda_paste_context')
+def SETTINGS(cfg: Config) -> tuple[str, ...]:
+    """The fingerprinted settings; the CDA options matter to the CDA pass only."""
+    own = ('cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
+           'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
+           'cam_weight_decay', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'train_list')
+    return own + ('cda_schedule', 'cda_variant', 'cda_min_visible', 'cda_paste_context') if cfg.stage == 'cda' else own
 
 
 def outputs(cfg: Config) -> list:
