@@ -200,7 +200,11 @@ def time_getitem(datasets: dict, n: int, rounds: int = 3) -> dict[str, float]:
 
 def bench_cda(cfg: Config, ids: list[str], labels: dict, n: int) -> tuple[dict, int]:
     """(seconds per sample of baseline and CDA datasets, objects in the bank) at cfg's CAM settings."""
-    bank_cfg = dataclasses.replace(cfg, cda_bank_source=cfg.dataset_root / 'SegmentationClass', overwrite=True)
+    id_list = cfg.work_dir / 'bank_ids.txt'       # the bank reads the masks of exactly its train list
+    id_list.parent.mkdir(parents=True, exist_ok=True)
+    id_list.write_text(''.join(f'{i}\n' for i in sorted(set(ids))))
+    bank_cfg = dataclasses.replace(cfg, cda_bank_source=cfg.dataset_root / 'SegmentationClass',
+                                   train_list=str(id_list), overwrite=True)
     make_object_bank.run(bank_cfg)
     bank = ObjectBank.load(cfg.object_bank_dir)
     ids = repeat_ids(ids, n)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
@@ -106,3 +108,44 @@ def png_is_valid(path: Path) -> bool:
         return True
     except Exception:
         return False
+
+
+PAIR_LABELS = ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')
+
+
+def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.device, cfg: Config, desc: str,
+                          loss_of: Callable) -> dict:
+    """One epoch of a relation network trained on pixel-pair labels (IRN, AffinityNet).
+
+    `loss_of(model, img, labels, pair_counts, world) -> (total, {part: float})`; under torchrun the pair
+    counts are summed over all ranks, so each rank divides by the global counts (and scales by `world`):
+    DDP's gradient average then equals the one-process gradient exactly.
+    """
+    model.train()
+    totals, images, data_time, start = {}, 0, 0.0, time.perf_counter()
+    tick = time.perf_counter()
+    world = torchutils.world_size()
+    bar = tqdm(loader, desc=desc, disable=not torchutils.is_main_process(), leave=False)
+    for batch in bar:
+        data_time += time.perf_counter() - tick
+        img = batch['img'].to(device, non_blocking=True)
+        labels = [batch[k].to(device, non_blocking=True) for k in PAIR_LABELS]
+        counts = None
+        if torchutils.is_distributed():
+            counts = torchutils.all_reduce_sum(torch.stack([label.sum() for label in labels]).detach())
+        total, parts = loss_of(model, img, labels, counts, world)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f'non-finite loss in {desc}; lower the learning rate')
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value * img.shape[0]
+        images += img.shape[0]
+        bar.set_postfix(loss=f'{total.item() / world:.4f}')
+        tick = time.perf_counter()
+    elapsed = time.perf_counter() - start
+    stats = {k: v / max(images, 1) for k, v in totals.items()}
+    stats.update(images=images, seconds=elapsed, data_seconds=data_time, images_per_s=images / max(elapsed, 1e-9))
+    return stats

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +78,15 @@ def load_cam_model(cfg: Config, device: torch.device):
 
 
 def run(cfg: Config) -> dict:
+    def cams_of(model, pack, device):
+        keys = np.nonzero(pack['label'].numpy())[0]
+        return (keys,) + compute_cams(model, pack['img'], keys, pack['size'], device, cfg.amp)
+    return write_cams(cfg, cams_of, 'make_cam')
+
+
+def write_cams(cfg: Config, cams_of: Callable, desc: str) -> dict:
+    """The make_cam driver every method shares: `cams_of(model, pack, device) -> (keys, strided, high_res)`
+    for each train-list image that lacks its `cam/<id>.npz` (this rank's share)."""
     device = common.device_of(cfg)
     ids = common.train_ids(cfg)
     labels = common.image_labels(cfg, ids, 'train list')
@@ -89,10 +98,10 @@ def run(cfg: Config) -> dict:
         return {'images': 0}
     model = load_cam_model(cfg, device)
     dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, labels, cfg.cam_scales)
-    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_cam',
+    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc=desc,
                      disable=not torchutils.is_main_process()):
-        keys = np.nonzero(pack['label'].numpy())[0]
-        strided, high_res = compute_cams(model, pack['img'], keys, pack['size'], device, cfg.amp)
-        imutils.save_npz(output_of(pack['name']), keys=keys.astype(np.int64), cam=strided, high_res=high_res)
+        keys, strided, high_res = cams_of(model, pack, device)
+        imutils.save_npz(output_of(pack['name']), keys=np.asarray(keys, np.int64),
+                         cam=np.asarray(strided, np.float32), high_res=np.asarray(high_res, np.float32))
     torchutils.barrier()
     return {'images': len(todo)}

@@ -22,13 +22,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import imutils, torchutils
 from misc.config import Config
-from step import common
-from step.make_cam import load_cam_model
-from voc12 import dataloader
+from step.make_cam import write_cams
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +68,7 @@ def outputs(cfg: Config) -> list[Path]:
 
 
 def run(cfg: Config) -> dict:
-    device = common.device_of(cfg)
-    ids = common.train_ids(cfg)
-    labels = common.image_labels(cfg, ids, 'train list')
-    output_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
-    todo = torchutils.shard(common.pending(ids, output_of, common.npz_is_valid, cfg.overwrite))
-    if not todo:
-        logger.info('make_cam: all %d CAMs exist (--overwrite redoes them)', len(ids))
-        torchutils.barrier()
-        return {'images': 0}
-    model = load_cam_model(cfg, device)
-    dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, labels, cfg.cam_scales)
-    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_cam (PSA)',
-                     disable=not torchutils.is_main_process()):
+    def cams_of(model, pack, device):
         keys = np.nonzero(pack['label'].numpy())[0]
-        strided, high_res = compute_cams(model, pack['img'], keys, pack['size'], device, cfg.amp)
-        imutils.save_npz(output_of(pack['name']), keys=keys.astype(np.int64), cam=strided.astype(np.float32),
-                         high_res=high_res.astype(np.float32))
-    torchutils.barrier()
-    return {'images': len(todo)}
+        return (keys,) + compute_cams(model, pack['img'], keys, pack['size'], device, cfg.amp)
+    return write_cams(cfg, cams_of, 'make_cam (PSA)')

@@ -18,14 +18,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from misc import imutils, torchutils
+from misc import torchutils
 from misc.config import Config
-from step import common
-from step.make_cam import load_cam_model
+from step.make_cam import write_cams
 from step.make_cam_psa import pool_to_stride
-from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +67,6 @@ def compute_seam_cams(model, pyramid: Sequence[torch.Tensor], label: np.ndarray,
 
 
 def run(cfg: Config) -> dict:
-    device = common.device_of(cfg)
-    ids = common.train_ids(cfg)
-    labels = common.image_labels(cfg, ids, 'train list')
-    output_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
-    todo = torchutils.shard(common.pending(ids, output_of, common.npz_is_valid, cfg.overwrite))
-    if not todo:
-        logger.info('make_cam: all %d CAMs exist (--overwrite redoes them)', len(ids))
-        torchutils.barrier()
-        return {'images': 0}
-    model = load_cam_model(cfg, device)
-    dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, labels, cfg.cam_scales)
-    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_cam (SEAM)',
-                     disable=not torchutils.is_main_process()):
-        keys, strided, high_res = compute_seam_cams(model, pack['img'], pack['label'].numpy(), pack['size'],
-                                                    device, cfg.amp)
-        imutils.save_npz(output_of(pack['name']), keys=keys.astype(np.int64), cam=strided, high_res=high_res)
-    torchutils.barrier()
-    return {'images': len(todo)}
+    def cams_of(model, pack, device):
+        return compute_seam_cams(model, pack['img'], pack['label'].numpy(), pack['size'], device, cfg.amp)
+    return write_cams(cfg, cams_of, 'make_cam (SEAM)')

@@ -10,11 +10,9 @@ either way as in the reference. Saves `weights/aff.pt`; an epoch checkpoint lets
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
@@ -51,37 +49,12 @@ def build_model(cfg: Config) -> Net:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
-    model.train()
-    totals, images, data_time, start = {}, 0, 0.0, time.perf_counter()
-    tick = time.perf_counter()
-    bar = tqdm(loader, desc=f'train_aff{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
-               f'{cfg.aff_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
-    for batch in bar:
-        data_time += time.perf_counter() - tick
-        img = batch['img'].to(device, non_blocking=True)
-        labels = [batch[k].to(device, non_blocking=True)
-                  for k in ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')]
+    def loss_of(net, img, labels, counts, world):
         with torchutils.autocast(device, cfg.amp):
-            aff = model(img)
-        counts = None
-        if torchutils.is_distributed():
-            counts = torchutils.all_reduce_sum(torch.stack([label.sum() for label in labels]).detach())
-        total, parts = affinity_loss_terms(aff.float(), *labels, pair_counts=counts, world=torchutils.world_size())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f'non-finite AffinityNet loss at epoch {epoch + 1}; lower --aff_learning_rate')
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        scheduler.step()
-        for key, value in parts.items():
-            totals[key] = totals.get(key, 0.0) + value * img.shape[0]
-        images += img.shape[0]
-        bar.set_postfix(loss=f'{total.item() / torchutils.world_size():.4f}')
-        tick = time.perf_counter()
-    elapsed = time.perf_counter() - start
-    stats = {k: v / max(images, 1) for k, v in totals.items()}
-    stats.update(images=images, seconds=elapsed, data_seconds=data_time, images_per_s=images / max(elapsed, 1e-9))
-    return stats
+            aff = net(img)
+        return affinity_loss_terms(aff.float(), *labels, pair_counts=counts, world=world)
+    desc = f'train_aff{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/{cfg.aff_num_epoches}'
+    return common.train_pairs_one_epoch(model, loader, optimizer, scheduler, device, cfg, desc, loss_of)
 
 
 def fit(model: Net, dataset: CrfAffinityDataset, cfg: Config, device: torch.device,
