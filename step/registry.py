@@ -4,18 +4,17 @@ Every method runs the same slots in the same order (`misc.config.PASS_STEPS`); t
 them from its own CAM network. A slot a method has no step for maps to None and is skipped.
 
 A step module provides:
-  run(cfg) -> dict                 the driver (make_sem_seg slots also take `ids=` so the object bank can
-                                   ask for the pseudo masks of another list)
-  SETTINGS: tuple[str, ...]        the Config fields its outputs depend on (its fingerprint)
+  run(cfg) -> dict                 the driver (make_sem_seg and make_ins_seg also take `ids=`; the object
+                                   bank asks make_sem_seg for the pseudo masks of the train list)
+  SETTINGS                         the Config fields its outputs depend on (its fingerprint): a tuple,
+                                   or a function of cfg (the CDA pass adds its own options)
   outputs(cfg) -> list[Path]       files and folders it writes, removed before a redo with new settings
-  extra_inputs(cfg) -> dict        optional: fingerprints of inputs that are not settings (weights files,
-                                   a bank source folder)
+  extra_inputs(cfg) -> dict        optional: signatures of inputs that are not settings (a bank source
+                                   folder); weights files named by a setting are signed automatically
 """
 from __future__ import annotations
 
 from typing import Optional
-
-METHODS = ('irn', 'affinitynet', 'seam')
 
 _IRN = {
     'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',

@@ -7,11 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import run_sample
-from misc.imutils import save_label_png
 
 
 def _args(voc: Path, work_dir: Path, *extra: str) -> list[str]:
