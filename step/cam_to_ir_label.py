@@ -8,11 +8,8 @@ lives in misc/crf.py, free of torch, so that those processes start quickly.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
@@ -38,14 +35,6 @@ def run(cfg: Config) -> dict:
     todo = torchutils.shard(common.pending(ids, output_of, common.png_is_valid, cfg.overwrite))
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
              cfg.conf_fg_thres, cfg.conf_bg_thres) for i in todo]
-    bar = dict(total=len(jobs), desc='cam_to_ir_label', disable=not torchutils.is_main_process())
-    if cfg.num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.num_workers,
-                                 mp_context=multiprocessing.get_context('spawn')) as pool:
-            for _ in tqdm(pool.map(label_one_image, jobs, chunksize=4), **bar):
-                pass
-    else:
-        for job in tqdm(jobs, **bar):
-            label_one_image(job)
+    common.run_in_workers(label_one_image, jobs, cfg.num_workers, 'cam_to_ir_label')
     torchutils.barrier()
     return {'images': len(jobs)}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import time
 from typing import Callable, Sequence
@@ -149,3 +151,16 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
     stats = {k: v / max(images, 1) for k, v in totals.items()}
     stats.update(images=images, seconds=elapsed, data_seconds=data_time, images_per_s=images / max(elapsed, 1e-9))
     return stats
+
+
+def run_in_workers(worker: Callable, jobs: Sequence, num_workers: int, desc: str) -> None:
+    """`worker(job)` for every job with a progress bar, in `num_workers` spawned processes when more than
+    one (CPU-bound per-image work such as dense CRFs; the workers import only the worker's module)."""
+    bar = dict(total=len(jobs), desc=desc, disable=not torchutils.is_main_process())
+    if num_workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+            for _ in tqdm(pool.map(worker, jobs, chunksize=4), **bar):
+                pass
+    else:
+        for job in tqdm(jobs, **bar):
+            worker(job)

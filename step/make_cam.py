@@ -47,16 +47,25 @@ def fuse_scales(outputs: Sequence[torch.Tensor], size: Sequence[int]) -> tuple[t
 
 
 @torch.no_grad()
-def compute_cams(model, pyramid: Sequence[torch.Tensor], keys: np.ndarray, size: Sequence[int],
-                 device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs -> (strided, high_res) CAMs of `keys`."""
+def flip_summed_cams(model, classifier: torch.Tensor, pyramid: Sequence[torch.Tensor], keys: np.ndarray,
+                     device: torch.device, amp: bool = False) -> list[torch.Tensor]:
+    """Pyramid of (2, 3, h_s, w_s) image+flip pairs -> per scale (K, h, w) ReLU'd CAMs of `keys`, the flip's
+    map flipped back and added. `classifier` is the (20, C, 1, 1) weight applied to `model.features`."""
     keys_t = torch.as_tensor(keys, dtype=torch.long, device=device)
     outputs = []
     for pair in pyramid:
         with torchutils.autocast(device, amp):
             features = model.features(pair.to(device, non_blocking=True))
-        cams = F.relu(F.conv2d(features.float(), model.classifier.weight[keys_t]))
+        cams = F.relu(F.conv2d(features.float(), classifier[keys_t]))
         outputs.append(cams[0] + cams[1].flip(-1))
+    return outputs
+
+
+@torch.no_grad()
+def compute_cams(model, pyramid: Sequence[torch.Tensor], keys: np.ndarray, size: Sequence[int],
+                 device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs -> (strided, high_res) CAMs of `keys`."""
+    outputs = flip_summed_cams(model, model.classifier.weight, pyramid, keys, device, amp)
     strided, high_res = fuse_scales(outputs, size)
     return strided.cpu().numpy(), high_res.cpu().numpy()
 

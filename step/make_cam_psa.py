@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from misc import imutils, torchutils
+from misc import imutils
 from misc.config import Config
-from step.make_cam import write_cams
+from step.make_cam import flip_summed_cams, write_cams
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +52,7 @@ def pool_to_stride(high_res: torch.Tensor, stride: int = 8) -> torch.Tensor:
 def compute_cams(model, pyramid: Sequence[torch.Tensor], keys: np.ndarray, size: Sequence[int],
                  device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs -> (strided (K, h, w), high_res (K, H, W))."""
-    keys_t = torch.as_tensor(keys, dtype=torch.long, device=device)
-    outputs = []
-    for pair in pyramid:
-        with torchutils.autocast(device, amp):
-            features = model.features(pair.to(device, non_blocking=True))
-        cams = F.relu(F.conv2d(features.float(), model.fc8.weight[keys_t]))
-        outputs.append(cams[0] + cams[1].flip(-1))
-    high_res = fuse_psa(outputs, size)
+    high_res = fuse_psa(flip_summed_cams(model, model.fc8.weight, pyramid, keys, device, amp), size)
     return pool_to_stride(high_res).cpu().numpy(), high_res.cpu().numpy()
 
 

@@ -12,12 +12,9 @@ The CRF is CPU work, spread over `--num_workers` processes, as step/cam_to_ir_la
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
@@ -54,14 +51,6 @@ def run(cfg: Config) -> dict:
     todo = torchutils.shard(common.pending(ids, output_of, crf_is_valid, cfg.overwrite))
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
              cfg.crf_la_alpha, cfg.crf_ha_alpha, cfg.ir_label_dir / f'{i}.png') for i in todo]
-    bar = dict(total=len(jobs), desc='make_crf_labels', disable=not torchutils.is_main_process())
-    if cfg.num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.num_workers,
-                                 mp_context=multiprocessing.get_context('spawn')) as pool:
-            for _ in tqdm(pool.map(crf_labels_one_image, jobs, chunksize=4), **bar):
-                pass
-    else:
-        for job in tqdm(jobs, **bar):
-            crf_labels_one_image(job)
+    common.run_in_workers(crf_labels_one_image, jobs, cfg.num_workers, 'make_crf_labels')
     torchutils.barrier()
     return {'images': len(jobs)}
