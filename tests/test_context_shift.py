@@ -240,3 +240,18 @@ def test_eval_cam_is_silent_without_scene_labels(smoke_run: Path, synthetic_voc:
         assert not {k for k in found if k.startswith('leakage')} and 'shift' not in found
         assert 0 <= found['miou'] <= 1
     assert 'leakage' not in caplog.text and 'shift' not in caplog.text
+
+
+def test_eval_set_shift(handmade_run: Path, synthetic_voc: Path, tmp_path: Path) -> None:
+    """--eval_set shift: eval_cam scores the shift split itself; every pair there is a foreign-scene one."""
+    from step import eval_cam
+    work = tmp_path / 'work'
+    shutil.copytree(handmade_run / 'cam', work / 'cam')
+    cfg = parse_config(['--profile', 'smoke', '--voc12_root', str(synthetic_voc), '--work_dir', str(work),
+                        '--eval_set', 'shift'])
+    result = eval_cam.run(cfg)
+    expected = json.loads((handmade_run / 'metrics' / 'eval_cam.json').read_text())['shift']
+    assert result['images'] == 4 and result['miou'] == pytest.approx(expected['miou'])
+    assert result['leakage_pairs_usual'] == 0 and result['leakage_usual'] is None
+    assert result['leakage_foreign'] == pytest.approx(expected['leakage'])
+    assert result['shift']['leakage'] == pytest.approx(expected['leakage'])
