@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--infer_list', type=str, help='list file or split name for pseudo masks (default train)')
     g.add_argument('--chainer_eval_set', '--eval_set', dest='chainer_eval_set', type=str,
                    help=f'split evaluated by eval_cam/eval_sem_seg (default {d.chainer_eval_set}; shift: the '
-                   'synthetic context-shift split, whose CAMs make_cam writes as well)')
+                   'synthetic context-shift split, for eval_cam: its CAMs are made, not its pseudo masks)')
 
     g = p.add_argument_group('run')
     g.add_argument('--work_dir', '--work-dir', type=Path, help='every output goes here (default work_dir)')

@@ -208,7 +208,8 @@ def test_summary_and_report_carry_the_context_figures(handmade_run: Path, synthe
             for i in dataloader.shift_ids(synthetic_voc)}
     top = sorted(leak, key=lambda i: -leak[i])[:3]
     for row, image_id in enumerate(top):
-        image = np.asarray(Image.open(synthetic_voc / 'JPEGImages' / f'{image_id}.jpg').resize((128, 128), Image.NEAREST))
+        with Image.open(synthetic_voc / 'JPEGImages' / f'{image_id}.jpg') as jpg:
+            image = np.asarray(jpg.resize((128, 128), Image.NEAREST))
         tile = sheet[(12 + row) * 128:(13 + row) * 128, :128]
         assert np.abs(tile[20:].astype(int) - image[20:].astype(int)).mean() < 3    # below the caption
 
