@@ -61,17 +61,19 @@ def prepare_dataset(cfg: Config) -> None:
     if cfg.voc12_root is None:
         if torchutils.is_main_process():
             from voc12.synthetic import generate
-            logger.info('no --voc12_root: using a synthetic VOC-format dataset (%d train, %d val, %d px, '
-                        'context bias %.2f) in %s', cfg.synthetic_n_train, cfg.synthetic_n_val,
-                        cfg.synthetic_size, cfg.context_bias, cfg.dataset_root)
+            logger.info('no --voc12_root: using a synthetic VOC-format dataset (%d train, %d val, %d context-shift, '
+                        '%d px, context bias %.2f) in %s', cfg.synthetic_n_train, cfg.synthetic_n_val,
+                        cfg.synthetic_n_shift, cfg.synthetic_size, cfg.context_bias, cfg.dataset_root)
             generate(cfg.dataset_root, n_train=cfg.synthetic_n_train, n_val=cfg.synthetic_n_val,
-                     size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed)
+                     size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed,
+                     n_shift=cfg.synthetic_n_shift)
         torchutils.barrier()
     dataloader.check_voc_root(cfg.dataset_root)
     ids: set[str] = set()
     for spec, default in ((cfg.train_list, 'train_aug'), (cfg.val_list, 'val'), (cfg.infer_list, 'train'),
                           (cfg.chainer_eval_set, 'train')):
         ids.update(dataloader.resolve_list(spec, default, cfg.dataset_root, cfg.sbd_root))
+    ids.update(dataloader.shift_ids(cfg.dataset_root))
     dataloader.check_images(cfg.dataset_root, sorted(ids))
 
 

@@ -144,6 +144,7 @@ class Config:
     # ---- synthetic dataset (used when voc12_root is None)
     synthetic_n_train: int = 400
     synthetic_n_val: int = 100
+    synthetic_n_shift: int = 0                 # context-shift split: every object outside its usual scene
     synthetic_size: int = 128
     context_bias: float = 0.85
     # ---- which steps run
@@ -199,7 +200,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # A 2-core CPU, baseline + CDA, every step, within about 15 minutes (measured: see README).
     'demo': dict(
         backbone='resnet18', pretrained='none', synthetic_n_train=400, synthetic_n_val=100,
-        synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=16,
+        synthetic_n_shift=100, synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=16,
         cam_num_epoches=12, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
         irn_crop_size=128, irn_batch_size=16, irn_num_epoches=6, irn_learning_rate=0.1,
         # Found by --sweep on the demo data (see README): from-scratch CAMs peak at a higher background
@@ -209,7 +210,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Seconds to a couple of minutes: tests and CI.
     'smoke': dict(
         backbone='resnet18', pretrained='none', synthetic_n_train=16, synthetic_n_val=8,
-        synthetic_size=64, cam_crop_size=64, cam_resize_long=(48, 80), cam_batch_size=8,
+        synthetic_n_shift=4, synthetic_size=64, cam_crop_size=64, cam_resize_long=(48, 80), cam_batch_size=8,
         cam_num_epoches=1, cam_scales=(1.0, 0.5), irn_crop_size=96, irn_batch_size=8,
         irn_num_epoches=1, num_workers=0,
         cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5, ins_seg_coco=True,
@@ -313,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--val_list', type=str, help='list file or split name for CAM validation (default val)')
     g.add_argument('--infer_list', type=str, help='list file or split name for pseudo masks (default train)')
     g.add_argument('--chainer_eval_set', '--eval_set', dest='chainer_eval_set', type=str,
-                   help=f'split evaluated by eval_cam/eval_sem_seg (default {d.chainer_eval_set})')
+                   help=f'split evaluated by eval_cam/eval_sem_seg (default {d.chainer_eval_set}; shift: the '
+                   'synthetic context-shift split, for eval_cam: its CAMs are made, not its pseudo masks)')
 
     g = p.add_argument_group('run')
     g.add_argument('--work_dir', '--work-dir', type=Path, help='every output goes here (default work_dir)')
@@ -409,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('synthetic dataset')
     g.add_argument('--synthetic_n_train', '--n_train', type=positive_int)
     g.add_argument('--synthetic_n_val', '--n_val', type=positive_int)
+    g.add_argument('--synthetic_n_shift', '--n_shift', type=non_negative_int,
+                   help='images of the held-out context-shift split (every object outside its usual scene), '
+                        'evaluated by eval_cam (demo 100, smoke 4, paper 0)')
     g.add_argument('--synthetic_size', '--image_size', type=positive_int)
     g.add_argument('--context_bias', type=unit_float)
 

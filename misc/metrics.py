@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,61 @@ def label_from_scores(scores: np.ndarray, keys: np.ndarray, bg_thres: float) -> 
     padded = np.concatenate([np.full((1,) + scores.shape[1:], bg_thres, scores.dtype), scores], axis=0)
     lookup = np.concatenate([[0], np.asarray(keys) + 1])
     return lookup[np.argmax(padded, axis=0)].astype(np.uint8)
+
+
+def cam_leakage(cams: np.ndarray, gt: np.ndarray, ignore: int = IGNORE) -> np.ndarray:
+    """Share of each CAM's mass that falls on ground-truth background.
+
+    cams (K, H, W): one map per class, e.g. `high_res` of `cam/<id>.npz` (already divided by its max);
+    negative values (SEAM's normalisation leaves a few near 0) count as no mass. gt (H, W): VOC labels,
+    0 background, `ignore` (the border band) left out of both the numerator and the denominator.
+    Returns (K,) float64 in [0, 1]: mass on background / mass on all non-ignore pixels; NaN for a map
+    with no mass there (nothing to localise)."""
+    cams = np.clip(np.asarray(cams, np.float64), 0, None)
+    gt = np.asarray(gt)
+    if cams.shape[1:] != gt.shape:
+        raise ValueError(f'CAMs {cams.shape[1:]} and ground truth {gt.shape} differ in size')
+    valid, background = gt != ignore, gt == 0
+    total = cams[:, valid].sum(axis=1)                   # (K,)
+    on_background = cams[:, background].sum(axis=1)       # (K,)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(total > 0, on_background / total, np.nan)
+
+
+class ContextLeakage:
+    """Mean CAM leakage (`cam_leakage`) over (image, class) pairs, split by context: `usual` where the
+    image's scene is the class's usual scene, `foreign` where it is not.
+
+    `scenes` maps image id -> scene, `usual_scenes[c]` is class c's (0..19) usual scene (the synthetic
+    dataset's scenes.json and usual_scenes.json). Sums and counts all-reduce over ranks, like a
+    ConfusionMatrix; pairs whose map has no mass are left out."""
+
+    GROUPS = ('usual', 'foreign')
+
+    def __init__(self, scenes: dict[str, str], usual_scenes: Sequence[str]):
+        self.scenes = scenes
+        self.usual_scenes = list(usual_scenes)
+        self.sums = np.zeros((len(self.GROUPS), 2), np.float64)   # per group: sum of leakage, pairs
+
+    def update(self, image_id: str, cams: np.ndarray, keys: Sequence[int], gt: np.ndarray) -> None:
+        """cams (K, H, W) of the classes `keys` (0..19) of image `image_id`, gt (H, W) its labels."""
+        scene = self.scenes[image_id]
+        for cls, value in zip(keys, cam_leakage(cams, gt)):
+            if np.isfinite(value):
+                group = 0 if self.usual_scenes[int(cls)] == scene else 1
+                self.sums[group] += (value, 1)
+
+    def all_reduce(self) -> None:
+        self.sums = all_reduce_sum(torch.from_numpy(self.sums)).numpy()
+
+    def compute(self) -> dict:
+        """{'usual', 'foreign', 'all'}: mean leakage (None without pairs), and the pair counts."""
+        def mean(total: float, count: float) -> Optional[float]:
+            return float(total / count) if count else None
+        out = {name: mean(*self.sums[g]) for g, name in enumerate(self.GROUPS)}
+        out['all'] = mean(*self.sums.sum(axis=0))
+        out.update({f'pairs_{name}': int(self.sums[g, 1]) for g, name in enumerate(self.GROUPS)})
+        return out
 
 
 def format_table(result: dict) -> str:

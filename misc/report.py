@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -14,6 +14,7 @@ from voc12 import dataloader
 from voc12.classes import IGNORE, colorize
 
 SHEET_IMAGES = 6
+SHEET_SHIFT_IMAGES = 3      # context-shift rows: where the baseline CAM puts most of its mass on background
 TILE = 128
 
 
@@ -47,9 +48,15 @@ def ir_label_quality(cfg: Config, ids: list[str]) -> Optional[dict]:
 
 
 def _pass_figures(cfg: Config, ids: list[str]) -> dict:
+    """A pass's figures for summary.json. Always present (None when not measured, e.g. on VOC):
+    cam_miou, sem_seg_miou, and the context figures cam_miou_shift, leakage_usual, leakage_foreign,
+    leakage_shift (fractions in [0, 1]; benchmarks read them under 'baseline' and 'cda')."""
     cam = _read_metric(cfg.metrics_dir / 'eval_cam.json')
     sem = _read_metric(cfg.metrics_dir / 'eval_sem_seg.json')
     figures = {'cam_miou': cam['miou'] if cam else None, 'sem_seg_miou': sem['miou'] if sem else None}
+    shift = (cam or {}).get('shift') or {}
+    figures.update(cam_miou_shift=shift.get('miou'), leakage_usual=(cam or {}).get('leakage_usual'),
+                   leakage_foreign=(cam or {}).get('leakage_foreign'), leakage_shift=shift.get('leakage'))
     if cam and 'best' in cam:
         figures['cam_best'] = cam['best']
     if sem and 'best' in sem:
@@ -68,8 +75,14 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def summary_table(base: dict, cda: dict) -> str:
-    rows = [('CAM mIoU', 'cam_miou'), ('IR label precision', 'ir_precision'),
-            ('IR label coverage', 'ir_coverage'), ('pseudo-mask mIoU', 'sem_seg_miou')]
+    rows = [('CAM mIoU', 'cam_miou')]
+    context = [('CAM mIoU, context-shift split', 'cam_miou_shift'),
+               ('CAM leakage, usual scene (lower is better)', 'leakage_usual'),
+               ('CAM leakage, foreign scene (lower is better)', 'leakage_foreign'),
+               ('CAM leakage, context-shift split (lower is better)', 'leakage_shift')]
+    rows += [(title, key) for title, key in context if base.get(key) is not None or cda.get(key) is not None]
+    rows += [('IR label precision', 'ir_precision'), ('IR label coverage', 'ir_coverage'),
+             ('pseudo-mask mIoU', 'sem_seg_miou')]
     if base.get('ins_seg_map50') is not None or cda.get('ins_seg_map50') is not None:
         rows += [('instance mAP@0.25', 'ins_seg_map25'), ('instance mAP@0.5', 'ins_seg_map50'),
                  ('instance mAP@0.75', 'ins_seg_map75')]
@@ -95,7 +108,7 @@ def write_summary(cfg: Config, timings: dict) -> Optional[str]:
     bank = _read_metric(cfg.object_bank_dir / 'counts.json')
     if bank:
         payload['object_bank'] = bank
-    for key in ('cam_miou', 'sem_seg_miou', 'ins_seg_map50'):
+    for key in ('cam_miou', 'cam_miou_shift', 'sem_seg_miou', 'ins_seg_map50'):
         if base.get(key) is not None and cda.get(key) is not None:
             payload[f'{key}_gain'] = cda[key] - base[key]
     metrics.write_json(cfg.work_dir / 'metrics' / 'summary.json', payload)
@@ -124,8 +137,45 @@ def _label_tile(path: Path, shape) -> np.ndarray:
     return colorize(imutils.read_label_png(path)) if path.is_file() else np.zeros(shape, np.uint8)
 
 
-def contact_sheet(cfg: Config, ids: list[str], path: Path) -> Path:
-    """Rows of image | ground truth | CAM | IR label | pseudo mask, for the baseline and the CDA pass."""
+def _text_tile(lines: list[str]) -> np.ndarray:
+    tile = np.zeros((TILE, TILE, 3), np.uint8)
+    for k, line in enumerate(lines):
+        cv2.putText(tile, line, (3, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def image_leakage(cam_path: Path, gt_path: Path) -> Optional[float]:
+    """Mean over an image's classes of `metrics.cam_leakage`; None without a CAM, ground truth or mass."""
+    if not (cam_path.is_file() and gt_path.is_file()):
+        return None
+    with np.load(cam_path) as cam:
+        high_res = cam['high_res']
+    gt = imutils.read_label_png(gt_path)
+    if not len(high_res) or high_res.shape[1:] != gt.shape:
+        return None
+    values = metrics.cam_leakage(high_res, gt)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
+def leakiest_shift_ids(cfg: Config, count: int = SHEET_SHIFT_IMAGES) -> list[tuple[str, float]]:
+    """(id, baseline leakage) of the context-shift images where the baseline CAM puts the largest share of
+    its mass on background, most first; [] without a shift split or scene labels (VOC)."""
+    shift = dataloader.shift_ids(cfg.dataset_root)
+    if not shift or dataloader.load_scenes(cfg.dataset_root) is None:
+        return []
+    found = []
+    for image_id in shift:
+        value = image_leakage(cfg.cam_dir / f'{image_id}.npz',
+                              cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png')
+        if value is not None:
+            found.append((image_id, value))
+    return sorted(found, key=lambda item: -item[1])[:count]
+
+
+def contact_sheet(cfg: Config, ids: list[str], path: Path, shift_ids: Sequence[str] = ()) -> Path:
+    """Rows of image | ground truth | CAM | IR label | pseudo mask, for the baseline and the CDA pass;
+    then one row per context-shift image of `shift_ids`: image | ground truth | baseline CAM | CDA CAM |
+    the leakage of both (shift images get no IR labels or pseudo masks)."""
     stages = [('base', cfg)] + ([('CDA', with_stage(cfg, 'cda'))] if (cfg.work_dir / 'cda').is_dir() else [])
     rows = []
     for image_id in ids:
@@ -137,6 +187,20 @@ def contact_sheet(cfg: Config, ids: list[str], path: Path) -> Path:
                      _tile(_label_tile(stage_cfg.ir_label_dir / f'{image_id}.png', img.shape), f'{name} IR'),
                      _tile(_label_tile(stage_cfg.sem_seg_dir / f'{image_id}.png', img.shape), f'{name} mask')]
             rows.append(np.concatenate(tiles, axis=1))
+    for image_id in shift_ids:
+        img = imutils.read_rgb(cfg.dataset_root / 'JPEGImages' / f'{image_id}.jpg')
+        gt_path = cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png'
+        tiles = [_tile(img, f'{image_id[-6:]} shift'), _tile(_label_tile(gt_path, img.shape), 'truth')]
+        leak = []
+        for name, stage_cfg in stages:
+            cam_path = stage_cfg.cam_dir / f'{image_id}.npz'
+            tiles.append(_tile(_cam_heat(img, cam_path), f'{name} CAM'))
+            value = image_leakage(cam_path, gt_path)
+            leak.append(f'{name}: {"-" if value is None else f"{100 * value:.0f}%"}')
+        if len(stages) == 1:
+            tiles.append(_text_tile(['no CDA pass']))
+        tiles.append(_text_tile(['CAM mass on', 'background:'] + leak))
+        rows.append(np.concatenate(tiles, axis=1))
     imutils.save_rgb(path, np.concatenate(rows, axis=0))
     return path
 
@@ -150,7 +214,8 @@ def write_report(cfg: Config) -> Optional[Path]:
     shown = [i for i in ids if (cfg.cam_dir / f'{i}.npz').is_file()][:SHEET_IMAGES]
     if not shown:
         return None
-    sheet = contact_sheet(cfg, shown, cfg.work_dir / 'contact_sheet.png')
+    shift_shown = [image_id for image_id, _ in leakiest_shift_ids(cfg)]
+    sheet = contact_sheet(cfg, shown, cfg.work_dir / 'contact_sheet.png', shift_shown)
     summary = (cfg.work_dir / 'metrics' / 'summary.md')
     lines = ['# IRNet + CDA run report', '', f'Profile `{cfg.profile}`, dataset `{cfg.dataset_root}`.', '']
     if summary.is_file():
@@ -168,8 +233,18 @@ def write_report(cfg: Config) -> Optional[Path]:
             lines.append(f'- {title} instance masks: mAP {100 * result["map25"]:.1f} / {100 * result["map"]:.1f} / '
                          f'{100 * result["map75"]:.1f} at mask IoU 0.25 / 0.5 / 0.75 ({result["pred_instances"]} '
                          f'predicted, {result["gt_instances"]} ground-truth instances, {result["images"]} images)')
+    if any((_read_metric(c.metrics_dir / 'eval_cam.json') or {}).get('leakage_usual') is not None
+           for c in (cfg, with_stage(cfg, 'cda'))):
+        lines.append('- CAM leakage: the share of a class\'s CAM mass on ground-truth background (mean over image '
+                     'and class pairs; lower is better), on eval-set images in the class\'s usual scene, in a '
+                     'foreign one, and on the context-shift split, where every object is out of its usual scene')
     lines += ['', '## Contact sheet', '', 'image | ground truth | CAM heat map | IR label | pseudo mask; '
-              'a baseline row, then a CDA row, per image.', '', f'![contact sheet]({sheet.name})', '']
+              'a baseline row, then a CDA row, per image.', '']
+    if shift_shown:
+        lines += [f'The last {len(shift_shown)} rows are context-shift images, those where the baseline CAM puts '
+                  'the largest share of its mass on the background: image | ground truth | baseline CAM | CDA CAM '
+                  '| that share for each.', '']
+    lines += [f'![contact sheet]({sheet.name})', '']
     path = cfg.work_dir / 'report.md'
     with imutils.atomic_path(path) as tmp:
         Path(tmp).write_text('\n'.join(lines))

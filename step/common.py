@@ -38,6 +38,14 @@ def eval_ids(cfg: Config) -> list[str]:
     return dataloader.resolve_list(cfg.chainer_eval_set, 'train', cfg.dataset_root, cfg.sbd_root)
 
 
+def cam_ids(cfg: Config) -> list[str]:
+    """The images make_cam writes CAMs for: the train list, then the synthetic dataset's context-shift
+    split (held out of training; eval_cam scores its CAMs) where the dataset has one."""
+    ids = train_ids(cfg)
+    known = set(ids)
+    return ids + [i for i in dataloader.shift_ids(cfg.dataset_root) if i not in known]
+
+
 def image_labels(cfg: Config, ids: Sequence[str], list_name: str) -> dict[str, np.ndarray]:
     labels = dataloader.load_image_labels(cfg.dataset_root, ids, cfg.work_dir / 'cache')
     dataloader.require_labelled(ids, labels, list_name)

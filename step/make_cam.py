@@ -5,6 +5,11 @@ flipped back and added. Strided CAM: sum over scales of bilinear resizes to ((H-
 High-res CAM: each scale resized to the stride-16 padded size, summed, cropped to H x W. Only the
 image's classes are kept, each divided by its max + 1e-5. Saved as `cam/<id>.npz` with `keys` (K,)
 class indices 0..19, `cam` (K, h, w) and `high_res` (K, H, W).
+
+The images are the train list's and, on the synthetic dataset, the context-shift split's
+(`common.cam_ids`). Which shift ids exist is not part of the fingerprint: a shift image's CAM depends
+only on the trained network and the image, so ids that a new dataset adds are made as missing outputs
+are (`common.pending`), and CAMs of ids no list names any more are never read.
 """
 from __future__ import annotations
 
@@ -95,10 +100,11 @@ def run(cfg: Config) -> dict:
 
 def write_cams(cfg: Config, cams_of: Callable, desc: str) -> dict:
     """The make_cam driver every method shares: `cams_of(model, pack, device) -> (keys, strided, high_res)`
-    for each train-list image that lacks its `cam/<id>.npz` (this rank's share)."""
+    for each image of `common.cam_ids` (train list, context-shift split) that lacks its `cam/<id>.npz`
+    (this rank's share)."""
     device = common.device_of(cfg)
-    ids = common.train_ids(cfg)
-    labels = common.image_labels(cfg, ids, 'train list')
+    ids = common.cam_ids(cfg)
+    labels = common.image_labels(cfg, ids, 'train list and shift split')
     output_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
     todo = torchutils.shard(common.pending(ids, output_of, common.npz_is_valid, cfg.overwrite))
     if not todo:

@@ -13,10 +13,11 @@ if str(ROOT) not in sys.path:
 
 @pytest.fixture(scope='session')
 def synthetic_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root of a tiny VOC2012-layout dataset (16 train + 8 val images, 64 px), made once per session."""
+    """Root of a tiny VOC2012-layout dataset (16 train + 8 val images, 64 px, and 4 images of the
+    context-shift split), made once per session."""
     from voc12.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp('synthetic_voc'), n_train=16, n_val=8, size=64, seed=0)
+    return generate(tmp_path_factory.mktemp('synthetic_voc'), n_train=16, n_val=8, size=64, seed=0, n_shift=4)
 
 
 @pytest.fixture(scope='session')

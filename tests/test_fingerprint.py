@@ -18,6 +18,9 @@ def _args(voc: Path, work_dir: Path, *extra: str) -> list[str]:
             '--cda_bank_source', str(voc / 'SegmentationClass'), '--sweep', '0.3', '0.5', '0.7', *extra]
 
 
+N_CAMS = 16 + 4      # CAMs of the fixture's train list and of its context-shift split
+
+
 def _stamps(folder: Path) -> dict[str, int]:
     """Modification times of every output file under a work dir (records and logs excluded)."""
     return {str(p.relative_to(folder)): os.stat(p).st_mtime_ns for p in folder.rglob('*')
@@ -52,7 +55,7 @@ def test_changed_threshold_redoes_its_step_and_the_ones_after(work_copy, synthet
     steps = 'make_cam,cam_to_ir_label,train_irn,make_sem_seg,eval_sem_seg'
     assert run_sample.main(_args(synthetic_voc, work_copy, '--steps', steps, '--conf_fg_thres', '0.65')) == 0
     after = _stamps(work_copy)
-    assert _redone(before, after, 'cam/') == (0, 16)                  # upstream of the change: kept
+    assert _redone(before, after, 'cam/') == (0, N_CAMS)              # upstream of the change: kept
     for prefix in ('ir_label/', 'weights/irn.pt', 'sem_seg/'):        # the step and the ones after it
         redone, total = _redone(before, after, prefix)
         assert total and redone == total, prefix
@@ -81,7 +84,7 @@ def test_changed_epochs_retrain_and_new_bank_source_rebuilds(work_copy, syntheti
     assert run_sample.main(_args(synthetic_voc, work_copy, '--steps', 'train_cam,make_cam',
                                  '--cam_num_epoches', '2')) == 0
     after = _stamps(work_copy)
-    assert _redone(before, after, 'weights/cam.pt') == (1, 1) and _redone(before, after, 'cam/') == (16, 16)
+    assert _redone(before, after, 'weights/cam.pt') == (1, 1) and _redone(before, after, 'cam/') == (N_CAMS, N_CAMS)
 
     # Another bank source (the same masks less two files): the bank and the CDA training redo theirs.
     source = tmp_path / 'other_masks'

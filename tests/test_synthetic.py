@@ -1,6 +1,7 @@
 """The synthetic VOC generator: layout, formats, label/XML agreement, determinism, context bias, CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 from PIL import Image
 
 from voc12.classes import CAT_LIST, CAT_NAME_TO_NUM, IGNORE
-from voc12.synthetic import SCENES, USUAL_SCENE, generate, render_image, render_scene
+from voc12.synthetic import (SCENES, SHIFT_ID_PREFIX, USUAL_SCENE, generate, render_image, render_scene,
+                             render_shift_image)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ('train', 'val', 'trainval')
@@ -139,8 +141,130 @@ def test_main_per_class_lists_match_annotations(synthetic_voc: Path) -> None:
 
 def test_scenes_json(synthetic_voc: Path) -> None:
     scenes = json.loads((synthetic_voc / 'scenes.json').read_text())
-    assert sorted(scenes) == sorted(read_ids(synthetic_voc, 'Segmentation', 'trainval'))
+    listed = read_ids(synthetic_voc, 'Segmentation', 'trainval') + read_ids(synthetic_voc, 'Segmentation', 'shift')
+    assert sorted(scenes) == sorted(listed)
     assert set(scenes.values()) <= set(SCENES)
+    usual = json.loads((synthetic_voc / 'usual_scenes.json').read_text())
+    assert usual == {CAT_LIST[cls]: scene for cls, scene in USUAL_SCENE.items()}
+
+
+def test_scene_files_match_the_generator(synthetic_voc: Path) -> None:
+    """scenes.json holds the scene each image was drawn in (render_image / render_shift_image)."""
+    scenes = json.loads((synthetic_voc / 'scenes.json').read_text())
+    for index, image_id in enumerate(read_ids(synthetic_voc, 'Segmentation', 'trainval')):
+        assert scenes[image_id] == render_image(index, size=64, seed=0).scene, image_id
+    for index, image_id in enumerate(read_ids(synthetic_voc, 'Segmentation', 'shift')):
+        assert scenes[image_id] == render_shift_image(index, size=64, seed=0).scene, image_id
+
+
+# ----------------------------------------------------------------------------- the context-shift split
+
+def test_shift_split_layout(synthetic_voc: Path) -> None:
+    shift = read_ids(synthetic_voc, 'Segmentation', 'shift')
+    assert shift == read_ids(synthetic_voc, 'Main', 'shift')
+    assert len(shift) == 4 and all(i.startswith(SHIFT_ID_PREFIX) for i in shift)
+    assert all(re.fullmatch(r'\d{4}_\d{6}', i) for i in shift)
+    # Held out: in no train/val list (train_aug is Main/trainval minus val on this data).
+    for kind in ('Segmentation', 'Main'):
+        assert not set(shift) & set(read_ids(synthetic_voc, kind, 'trainval'))
+    for image_id in shift:
+        for sub, suffix in (('JPEGImages', 'jpg'), ('SegmentationClass', 'png'), ('SegmentationObject', 'png'),
+                            ('Annotations', 'xml')):
+            assert (synthetic_voc / sub / f'{image_id}.{suffix}').is_file()
+    rows = (synthetic_voc / 'ImageSets' / 'Main' / 'aeroplane_shift.txt').read_text().splitlines()
+    assert [row.split()[0] for row in rows] == shift
+
+
+def test_shift_split_holds_only_foreign_scene_objects(synthetic_voc: Path) -> None:
+    """Every object of every shift image, by its annotation and by its mask, is outside its usual scene."""
+    scenes = json.loads((synthetic_voc / 'scenes.json').read_text())
+    for image_id in read_ids(synthetic_voc, 'Segmentation', 'shift'):
+        names = {name for name, _ in read_objects(synthetic_voc / 'Annotations' / f'{image_id}.xml')}
+        label = np.asarray(Image.open(synthetic_voc / 'SegmentationClass' / f'{image_id}.png'))
+        assert {CAT_NAME_TO_NUM[n] for n in names} == mask_classes(label), image_id
+        for cls in mask_classes(label):
+            assert USUAL_SCENE[cls] != scenes[image_id], (image_id, CAT_LIST[cls])
+
+
+def test_shift_images_are_foreign_over_many_draws() -> None:
+    samples = [render_shift_image(i, size=32, seed=5) for i in range(60)]
+    assert all(USUAL_SCENE[cls] != s.scene for s in samples for cls, _, _ in s.objects)
+    assert all(s.objects[0][0] == s.primary for s in samples)
+    assert len({s.scene for s in samples}) == len(SCENES)
+    assert sum(len(s.objects) > 1 for s in samples) > 10          # extra objects too, not only primaries
+    # Its own stream: shift image i is not train image i.
+    assert not np.array_equal(samples[0].image, render_image(0, size=32, seed=5).image)
+
+
+# sha256 over (relative path, bytes) of the files that generate(n_train=5, n_val=3, size=48,
+# context_bias=0.85, seed=11) wrote before the shift split existed (main at 68a5635). Train and val
+# must stay byte-identical with and without a shift split.
+TRAIN_VAL_HASHES = {
+    'JPEGImages': '278724b3d8c4ea09d2f76effb2b810e92ce60bdc33da2f9a9a828864d7bf87d6',
+    'SegmentationClass': '328d92620ed6f7caabaa8f53a0607babc5e113cefd42aaa4e0220aadd1bc4985',
+    'SegmentationObject': 'c44acd23c05cbbd412e114f032fb01ed9fa44c8f145246717f6eea3037384654',
+    'Annotations': '5cae53bc6792908456e534b781a99559dd4de84bdce88ab037ffd082c21621f9',
+    'ImageSets': 'e7a3fa7fa91cf343a44b4cec2cfaf755855eaf3c8eb56dbc0c9c052f7f91cf93',   # the 66 list files
+    'scenes.json': '4f2b6ac55abbe1868aba793f070f3d04ac41ae3d9b616ff6bef0ef5fe589cd25',
+}
+
+
+def _digest(root: Path, paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b'\0')
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _train_val_hashes(root: Path) -> dict[str, str]:
+    found = {sub: _digest(root, sorted(p for p in (root / sub).rglob('*.*')
+                                       if not p.name.startswith(SHIFT_ID_PREFIX) and 'shift' not in p.name))
+             for sub in TRAIN_VAL_HASHES if sub != 'scenes.json'}
+    found['scenes.json'] = _digest(root, [root / 'scenes.json'])
+    return found
+
+
+@pytest.mark.parametrize('n_shift', [0, 3])
+def test_train_and_val_files_unchanged_by_the_shift_split(tmp_path: Path, n_shift: int) -> None:
+    root = generate(tmp_path / 'voc', n_train=5, n_val=3, size=48, context_bias=0.85, seed=11, n_shift=n_shift)
+    found = _train_val_hashes(root)
+    if n_shift:
+        # scenes.json gains the shift ids; without them it is the pinned file, byte for byte.
+        scenes = json.loads((root / 'scenes.json').read_text())
+        assert sum(i.startswith(SHIFT_ID_PREFIX) for i in scenes) == n_shift
+        kept = {k: v for k, v in scenes.items() if not k.startswith(SHIFT_ID_PREFIX)}
+        (tmp_path / 'kept').mkdir()
+        (tmp_path / 'kept' / 'scenes.json').write_text(json.dumps(kept, indent=1) + '\n')
+        found['scenes.json'] = _digest(tmp_path / 'kept', [tmp_path / 'kept' / 'scenes.json'])
+    assert found == TRAIN_VAL_HASHES
+
+
+def test_shift_lists_follow_n_shift(tmp_path: Path) -> None:
+    """Regenerating without a shift split drops its lists (the pipeline reads shift.txt to find it)."""
+    root = generate(tmp_path / 'voc', n_train=3, n_val=1, size=32, seed=0, n_shift=2)
+    assert read_ids(root, 'Segmentation', 'shift') == ['2008_000001', '2008_000002']
+    shift_png = (root / 'SegmentationClass' / '2008_000002.png').read_bytes()
+    generate(root, n_train=3, n_val=1, size=32, seed=0, n_shift=0)
+    assert not (root / 'ImageSets' / 'Segmentation' / 'shift.txt').exists()
+    assert not list((root / 'ImageSets' / 'Main').glob('*shift*'))
+    generate(root, n_train=3, n_val=1, size=32, seed=0, n_shift=3)
+    assert len(read_ids(root, 'Segmentation', 'shift')) == 3
+    assert (root / 'SegmentationClass' / '2008_000002.png').read_bytes() == shift_png   # same image, same id
+
+
+def test_old_dataset_without_shift_split_is_regenerated(tmp_path: Path) -> None:
+    root = generate(tmp_path / 'voc', n_train=3, n_val=1, size=32, seed=0, n_shift=2)
+    params = json.loads((root / 'synthetic.json').read_text())
+    old = {k: v for k, v in params.items() if k != 'n_shift'}
+    old['version'] = 1
+    (root / 'synthetic.json').write_text(json.dumps(old))       # a marker of the previous generator
+    (root / 'usual_scenes.json').unlink()
+    (root / 'ImageSets' / 'Segmentation' / 'shift.txt').unlink()
+    generate(root, n_train=3, n_val=1, size=32, seed=0, n_shift=2)
+    assert (root / 'usual_scenes.json').is_file() and len(read_ids(root, 'Segmentation', 'shift')) == 2
+    assert json.loads((root / 'synthetic.json').read_text()) == params
 
 
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:

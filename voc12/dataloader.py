@@ -8,6 +8,7 @@ epoch, index))`, so a sample is the same whatever the number of workers or proce
 """
 from __future__ import annotations
 
+import json
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,12 +21,12 @@ from torch.utils.data import Dataset
 from misc import imutils
 from misc.indexing import pair_indices
 from misc.imutils import BadInputError
-from voc12.classes import CAT_NAME_TO_NUM, N_CAT
+from voc12.classes import CAT_LIST, CAT_NAME_TO_NUM, N_CAT
 
 logger = logging.getLogger(__name__)
 
 IMG_DIR, ANNOT_DIR, SEG_DIR = 'JPEGImages', 'Annotations', 'SegmentationClass'
-SPLIT_NAMES = ('train', 'val', 'trainval', 'train_aug')
+SPLIT_NAMES = ('train', 'val', 'trainval', 'train_aug', 'shift')
 
 
 # ----------------------------------------------------------------------------- lists and labels
@@ -55,7 +56,8 @@ def read_list_file(path: Path) -> list[str]:
 
 
 def resolve_list(spec: Optional[str], default: str, root: Path, sbd_root: Optional[Path] = None) -> list[str]:
-    """Image ids from a list file path or a split name (train, val, trainval, train_aug)."""
+    """Image ids from a list file path or a split name (train, val, trainval, train_aug; shift on the
+    synthetic dataset)."""
     spec = spec or default
     if Path(spec).is_file():
         ids = read_list_file(Path(spec))
@@ -72,7 +74,10 @@ def resolve_list(spec: Optional[str], default: str, root: Path, sbd_root: Option
 
 def _split_ids(split: str, root: Path, sbd_root: Optional[Path]) -> list[str]:
     seg_sets = root / 'ImageSets' / 'Segmentation'
-    if split in ('train', 'val', 'trainval'):
+    if split == 'shift' and not (seg_sets / 'shift.txt').is_file():
+        raise BadInputError(f'{seg_sets / "shift.txt"}: missing; only the synthetic dataset has a context-shift '
+                            'split (--synthetic_n_shift above 0)')
+    if split in ('train', 'val', 'trainval', 'shift'):
         path = seg_sets / f'{split}.txt'
         if not path.is_file():
             raise BadInputError(f'{path}: missing; the VOC devkit should have it (or pass a list file)')
@@ -100,6 +105,31 @@ def _split_ids(split: str, root: Path, sbd_root: Optional[Path]) -> list[str]:
             seen.add(image_id)
             ids.append(image_id)
     return sorted(ids)
+
+
+def shift_ids(root: Path) -> list[str]:
+    """Ids of the context-shift split (ImageSets/Segmentation/shift.txt of the synthetic dataset), or []
+    where the dataset has none (VOC)."""
+    path = Path(root) / 'ImageSets' / 'Segmentation' / 'shift.txt'
+    return read_list_file(path) if path.is_file() else []
+
+
+def load_scenes(root: Path) -> Optional[tuple[dict[str, str], list[str]]]:
+    """({image id: scene}, usual scene of each class 0..19) from the synthetic dataset's scenes.json and
+    usual_scenes.json; None where the dataset has no scene labels (VOC)."""
+    scenes_path, usual_path = Path(root) / 'scenes.json', Path(root) / 'usual_scenes.json'
+    if not (scenes_path.is_file() and usual_path.is_file()):
+        return None
+    try:
+        scenes, usual = json.loads(scenes_path.read_text()), json.loads(usual_path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInputError(f'{scenes_path.parent}: unreadable scenes.json / usual_scenes.json ({e}); '
+                            'delete synthetic.json to regenerate the dataset') from None
+    missing = [name for name in CAT_LIST if name not in usual]
+    if missing:
+        raise BadInputError(f'{usual_path}: no usual scene for {missing[0]}; delete synthetic.json to regenerate '
+                            'the dataset')
+    return scenes, [usual[name] for name in CAT_LIST]
 
 
 _warned: set[str] = set()

@@ -7,6 +7,11 @@ generator makes that situation controllable: each of the 20 VOC classes is a dis
 scene (sky, water, grass, ...), and an image uses its primary class's usual scene with probability
 `context_bias`. Tests and the benchmark can then train and evaluate the whole pipeline in minutes.
 
+A held-out **context-shift split** (`n_shift` images, none by default) breaks that bias on purpose:
+every object of a shift image stands in a scene that is not its class's usual one. It measures what
+the literature on spurious correlations measures (localisation where the usual context is absent);
+its images are never in the train/val lists, so no step trains on them.
+
 Layout written under `out_dir` (what VOC loaders read):
 
     JPEGImages/<id>.jpg                   RGB, JPEG quality 95
@@ -18,11 +23,17 @@ Layout written under `out_dir` (what VOC loaders read):
                                           mask; the first <object> is the image's primary class
     ImageSets/Segmentation/{train,val,trainval}.txt
     ImageSets/Main/{train,val,trainval}.txt and <class>_{train,val,trainval}.txt (id, +1/-1)
-    scenes.json                           {id: scene name}
+    ImageSets/Segmentation/shift.txt      only when n_shift > 0; also ImageSets/Main/shift.txt and
+                                          <class>_shift.txt. Not part of trainval (nor of train_aug)
+    scenes.json                           {id: scene name} of every image, shift ids included
+    usual_scenes.json                     {class name: its usual scene} (USUAL_SCENE): an object is
+                                          in a foreign scene when scenes[id] != usual_scenes[class]
     synthetic.json                        the generation parameters, written last (completion mark)
 
 Image `i` is drawn from `np.random.default_rng([seed, i])`, so it does not depend on how many images
-come before it, and a dataset is byte-for-byte reproducible from its parameters.
+come before it, and a dataset is byte-for-byte reproducible from its parameters. Shift image `i` has
+the id `2008_{i + 1:06d}` (its own range) and its own stream (`shift_rng`), so adding or resizing the
+shift split leaves every train and val file byte-identical.
 """
 from __future__ import annotations
 
@@ -44,8 +55,9 @@ from voc12.classes import CAT_LIST, IGNORE, N_CAT
 
 logger = logging.getLogger(__name__)
 
-# Bumped whenever the drawing changes, so a cached dataset made by older code is regenerated.
-GENERATOR_VERSION = 1
+# Bumped whenever the drawing or the layout changes, so a cached dataset made by older code is
+# regenerated (2: the shift split and usual_scenes.json; train/val images are unchanged).
+GENERATOR_VERSION = 2
 
 SCENES = ('sky', 'water', 'grass', 'road', 'indoor', 'sand')
 
@@ -89,6 +101,9 @@ MIN_VISIBLE = 0.35                    # an occluded instance keeps at least this
 MAX_OUTSIDE = 0.3                     # at most this share of an object's width/height leaves the image
 
 IMAGE_ID_PREFIX = '2007_'
+SHIFT_ID_PREFIX = '2008_'             # the shift split's own id range, whatever n_train and n_val are
+SHIFT_STREAM = 1                      # spawn key of the shift images' random streams (see shift_rng)
+SHIFT_LISTS = ('shift',)              # list files of the shift split (ImageSets/Segmentation and Main)
 
 
 # ----------------------------------------------------------------------------- colours and noise
@@ -350,7 +365,50 @@ def render_image(index: int, size: int = 128, context_bias: float = 0.85, seed: 
     scene = USUAL_SCENE[primary] if rng.random() < context_bias else SCENES[int(rng.integers(len(SCENES)))]
     n_objects = int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P)) + 1
     classes = [primary] + [_pick_extra_class(primary, scene, rng) for _ in range(n_objects - 1)]
+    return _compose(index, scene, classes, size, rng)
 
+
+def shift_rng(index: int, seed: int) -> np.random.Generator:
+    """The generator of shift image `index`: a child stream (spawn key SHIFT_STREAM) of `[seed, index]`.
+
+    NumPy mixes a spawn key in after the entropy, so this stream differs from every train/val image's
+    `default_rng([seed, i])` (a plain `[seed, tag, index]` would not: entropy is zero-padded, and
+    `[seed, tag, 0]` draws what `[seed, tag]`, train image `tag`, draws)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index], spawn_key=(SHIFT_STREAM,)))
+
+
+def foreign_scenes(cls: int) -> tuple[str, ...]:
+    """The scenes in which class `cls` (0..19) is out of its usual context."""
+    return tuple(s for s in SCENES if s != USUAL_SCENE[cls])
+
+
+def _pick_foreign_class(primary: int, scene: str, rng: np.random.Generator) -> int:
+    """An extra object of a shift image: a usual companion of the primary if it too is foreign to the
+    scene, else any class whose usual scene is not `scene`."""
+    partners = [c for c in CO_OCCUR.get(primary, ()) if USUAL_SCENE[c] != scene]
+    if partners and rng.random() < 0.5:
+        return int(partners[rng.integers(len(partners))])
+    strangers = [c for c in range(N_CAT) if USUAL_SCENE[c] != scene]
+    return int(strangers[rng.integers(len(strangers))])
+
+
+def render_shift_image(index: int, size: int = 128, seed: int = 0) -> SyntheticImage:
+    """Draw image `index` of the context-shift split: every object in a scene that is not its usual one.
+
+    Drawn like `render_image`, but from its own stream (`shift_rng`), with the scene chosen uniformly
+    among the primary's foreign scenes and the extra objects among the classes foreign to that scene."""
+    rng = shift_rng(index, seed)
+    primary = int(rng.integers(N_CAT))
+    choices = foreign_scenes(primary)
+    scene = choices[int(rng.integers(len(choices)))]
+    n_objects = int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P)) + 1
+    classes = [primary] + [_pick_foreign_class(primary, scene, rng) for _ in range(n_objects - 1)]
+    return _compose(index, scene, classes, size, rng)
+
+
+def _compose(index: int, scene: str, classes: Sequence[int], size: int, rng: np.random.Generator) -> SyntheticImage:
+    """Scene plus objects of `classes` (the first is the primary), drawn in that order from `rng`."""
+    primary = classes[0]
     for _ in range(20):  # an image whose objects all vanish is redrawn (rare: needs tiny sizes)
         image = render_scene(scene, size, rng).astype(np.float32)
         instances = np.zeros((size, size), np.uint8)    # 0 background, k + 1 = k-th placed object
@@ -404,6 +462,11 @@ def image_ids(n_train: int, n_val: int) -> tuple[list[str], list[str]]:
     return ids[:n_train], ids[n_train:]
 
 
+def shift_image_ids(n_shift: int) -> list[str]:
+    """Ids of the shift split (`2008_000001`, ...): shift image i is `render_shift_image(i)`."""
+    return [f'{SHIFT_ID_PREFIX}{i + 1:06d}' for i in range(n_shift)]
+
+
 def annotation_xml(image_id: str, size: int,
                    objects: Sequence[tuple[int, tuple[int, int, int, int], bool]]) -> bytes:
     """The VOC annotation XML of one image."""
@@ -439,31 +502,69 @@ def _write_text(path: Path, text: str) -> None:
     _write_bytes(path, text.encode('utf-8'))
 
 
-def _params(n_train: int, n_val: int, size: int, context_bias: float, seed: int) -> dict:
-    return {'n_train': n_train, 'n_val': n_val, 'size': size, 'context_bias': float(context_bias),
-            'seed': seed, 'version': GENERATOR_VERSION}
+def _params(n_train: int, n_val: int, size: int, context_bias: float, seed: int, n_shift: int) -> dict:
+    return {'n_train': n_train, 'n_val': n_val, 'n_shift': n_shift, 'size': size,
+            'context_bias': float(context_bias), 'seed': seed, 'version': GENERATOR_VERSION}
 
 
-def _add_instance_masks(out: Path, n_train: int, n_val: int, size: int, context_bias: float, seed: int) -> None:
-    """Write the SegmentationObject/ masks missing from a dataset made before the generator wrote them
-    (its images and class masks are the same: the instance map takes no random draws)."""
+def _renderers(n_train: int, n_val: int, size: int, context_bias: float, seed: int,
+               n_shift: int) -> list[tuple[str, Callable[[], SyntheticImage]]]:
+    """(id, function drawing that image) of every image: train, val, then shift."""
     train_ids, val_ids = image_ids(n_train, n_val)
-    for index, image_id in enumerate(train_ids + val_ids):
+    jobs = [(image_id, lambda i=index: render_image(i, size, context_bias, seed))
+            for index, image_id in enumerate(train_ids + val_ids)]
+    return jobs + [(image_id, lambda i=index: render_shift_image(i, size, seed))
+                   for index, image_id in enumerate(shift_image_ids(n_shift))]
+
+
+def _add_instance_masks(out: Path, n_train: int, n_val: int, size: int, context_bias: float, seed: int,
+                        n_shift: int) -> None:
+    """Write the SegmentationObject/ masks missing from a dataset whose marker is current (they were
+    deleted; the instance map takes no random draws, so images and class masks stay as they are)."""
+    for image_id, render in _renderers(n_train, n_val, size, context_bias, seed, n_shift):
         path = out / 'SegmentationObject' / f'{image_id}.png'
         if not path.is_file():
-            save_label_png(path, render_image(index, size, context_bias, seed).instance_label)
+            save_label_png(path, render().instance_label)
+
+
+def _write_sample(out: Path, image_id: str, size: int, sample: SyntheticImage) -> None:
+    save_rgb(out / 'JPEGImages' / f'{image_id}.jpg', sample.image)
+    save_label_png(out / 'SegmentationClass' / f'{image_id}.png', sample.label)
+    save_label_png(out / 'SegmentationObject' / f'{image_id}.png', sample.instance_label)
+    _write_bytes(out / 'Annotations' / f'{image_id}.xml', annotation_xml(image_id, size, sample.objects))
+
+
+def _write_lists(out: Path, split: str, ids: Sequence[str], present: dict[str, set[int]]) -> None:
+    """ImageSets/Segmentation/<split>.txt, ImageSets/Main/<split>.txt and Main/<class>_<split>.txt."""
+    listing = ''.join(f'{i}\n' for i in ids)
+    _write_text(out / 'ImageSets' / 'Segmentation' / f'{split}.txt', listing)
+    _write_text(out / 'ImageSets' / 'Main' / f'{split}.txt', listing)
+    for cls, name in enumerate(CAT_LIST):  # VOC's per-class classification lists
+        _write_text(out / 'ImageSets' / 'Main' / f'{name}_{split}.txt',
+                    ''.join(f'{i} {1 if cls in present[i] else -1:2d}\n' for i in ids))
+
+
+def _remove_lists(out: Path, split: str) -> None:
+    """Drop a split's list files (a regenerated dataset without that split must not seem to have it)."""
+    for path in [out / 'ImageSets' / 'Segmentation' / f'{split}.txt', out / 'ImageSets' / 'Main' / f'{split}.txt'] \
+            + [out / 'ImageSets' / 'Main' / f'{name}_{split}.txt' for name in CAT_LIST]:
+        path.unlink(missing_ok=True)
 
 
 def generate(out_dir: str | Path, n_train: int = 400, n_val: int = 100, size: int = 128,
-             context_bias: float = 0.85, seed: int = 0) -> Path:
+             context_bias: float = 0.85, seed: int = 0, n_shift: int = 0) -> Path:
     """Write the synthetic dataset in VOC2012 layout under `out_dir` and return that path.
 
-    If `out_dir/synthetic.json` records the same parameters, the dataset is complete (the file is
-    written last) and nothing is redrawn. Files of an older, larger dataset that the new lists do not
-    name are left in place; loaders only read the ids in the lists.
+    `n_shift` images of the context-shift split come on top of train and val (their own ids and random
+    streams: train and val are the same whatever `n_shift` is). If `out_dir/synthetic.json` records the
+    same parameters, the dataset is complete (the file is written last) and nothing is redrawn. Files
+    of an older, larger dataset that the new lists do not name are left in place; loaders only read the
+    ids in the lists.
     """
     if n_train < 0 or n_val < 0 or n_train + n_val == 0:
         raise ValueError(f'need n_train, n_val >= 0 and at least one image, got {n_train}, {n_val}')
+    if n_shift < 0:
+        raise ValueError(f'n_shift {n_shift} must be zero or more')
     if size < 16:
         raise ValueError(f'size {size} is too small to draw recognisable objects (minimum 16)')
     if not 0.0 <= context_bias <= 1.0:
@@ -471,12 +572,12 @@ def generate(out_dir: str | Path, n_train: int = 400, n_val: int = 100, size: in
     if seed < 0:
         raise ValueError(f'seed {seed} must be zero or more')
     out = Path(out_dir)
-    params = _params(n_train, n_val, size, context_bias, seed)
+    params = _params(n_train, n_val, size, context_bias, seed, n_shift)
     marker = out / 'synthetic.json'
     if marker.is_file():
         try:
             if json.loads(marker.read_text()) == params:
-                _add_instance_masks(out, n_train, n_val, size, context_bias, seed)
+                _add_instance_masks(out, n_train, n_val, size, context_bias, seed, n_shift)
                 logger.info('synthetic VOC at %s is up to date', out)
                 return out
         except (json.JSONDecodeError, OSError):
@@ -484,26 +585,27 @@ def generate(out_dir: str | Path, n_train: int = 400, n_val: int = 100, size: in
         marker.unlink()  # the dataset is about to change; it is incomplete until the new marker exists
 
     train_ids, val_ids = image_ids(n_train, n_val)
+    shift_ids = shift_image_ids(n_shift)
     start = time.perf_counter()
     scenes: dict[str, str] = {}
     present: dict[str, set[int]] = {}
-    for index, image_id in enumerate(train_ids + val_ids):
-        sample = render_image(index, size, context_bias, seed)
-        save_rgb(out / 'JPEGImages' / f'{image_id}.jpg', sample.image)
-        save_label_png(out / 'SegmentationClass' / f'{image_id}.png', sample.label)
-        save_label_png(out / 'SegmentationObject' / f'{image_id}.png', sample.instance_label)
-        _write_bytes(out / 'Annotations' / f'{image_id}.xml', annotation_xml(image_id, size, sample.objects))
+    for image_id, render in _renderers(n_train, n_val, size, context_bias, seed, n_shift):
+        sample = render()
+        _write_sample(out, image_id, size, sample)
         scenes[image_id] = sample.scene
         present[image_id] = {cls for cls, _, _ in sample.objects}
 
+    # Not in trainval: train_aug (the CAM training list) is Main/trainval minus val on this data.
     for split, ids in (('train', train_ids), ('val', val_ids), ('trainval', train_ids + val_ids)):
-        listing = ''.join(f'{i}\n' for i in ids)
-        _write_text(out / 'ImageSets' / 'Segmentation' / f'{split}.txt', listing)
-        _write_text(out / 'ImageSets' / 'Main' / f'{split}.txt', listing)
-        for cls, name in enumerate(CAT_LIST):  # VOC's per-class classification lists
-            _write_text(out / 'ImageSets' / 'Main' / f'{name}_{split}.txt',
-                        ''.join(f'{i} {1 if cls in present[i] else -1:2d}\n' for i in ids))
+        _write_lists(out, split, ids, present)
+    for split in SHIFT_LISTS:
+        if shift_ids:
+            _write_lists(out, split, shift_ids, present)
+        else:
+            _remove_lists(out, split)
     _write_text(out / 'scenes.json', json.dumps(scenes, indent=1) + '\n')
+    usual = {CAT_LIST[cls]: scene for cls, scene in sorted(USUAL_SCENE.items())}
+    _write_text(out / 'usual_scenes.json', json.dumps(usual, indent=1) + '\n')
     _write_text(marker, json.dumps(params, indent=1) + '\n')
     elapsed = time.perf_counter() - start
     logger.info('wrote %d synthetic VOC images to %s in %.1f s', len(scenes), out, elapsed)
@@ -522,11 +624,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument('--size', type=positive_int, default=128, help='image side in pixels')
     parser.add_argument('--context_bias', '--context-bias', type=unit_float, default=0.85,
                         help="probability that an image shows its primary class's usual scene")
+    parser.add_argument('--n_shift', '--n-shift', type=non_negative_int, default=0,
+                        help='images of the context-shift split (every object outside its usual scene)')
     parser.add_argument('--seed', type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     out = generate(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size,
-                   context_bias=args.context_bias, seed=args.seed)
+                   context_bias=args.context_bias, seed=args.seed, n_shift=args.n_shift)
     print(out)
     return out
 
