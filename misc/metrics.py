@@ -131,3 +131,21 @@ def format_sweep(thresholds: Sequence[float], mious: Sequence[float], configured
 def write_json(path: Path, payload: dict) -> None:
     with imutils.atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=2))
+
+
+def paired_difference(treated: Sequence[Optional[float]], control: Sequence[Optional[float]],
+                      confidence: float = 0.95) -> Optional[dict]:
+    """Mean, sample standard deviation and Student-t interval of `treated[i] - control[i]` over the pairs
+    where both are known (seeds of an experiment: each pair shares its data and its baseline network).
+    None with no pair; with one pair the spread and the interval are NaN."""
+    from scipy import stats
+    diffs = np.array([t - c for t, c in zip(treated, control)
+                      if t is not None and c is not None and np.isfinite(t) and np.isfinite(c)], dtype=np.float64)
+    if diffs.size == 0:
+        return None
+    mean = float(diffs.mean())
+    if diffs.size == 1:
+        return {'n': 1, 'mean': mean, 'sd': float('nan'), 'low': float('nan'), 'high': float('nan')}
+    sd = float(diffs.std(ddof=1))
+    half_width = float(stats.t.ppf(0.5 + confidence / 2, diffs.size - 1)) * sd / np.sqrt(diffs.size)
+    return {'n': int(diffs.size), 'mean': mean, 'sd': sd, 'low': mean - half_width, 'high': mean + half_width}

@@ -453,3 +453,18 @@ def test_affinity_dataset_items(synthetic_voc: Path) -> None:
     assert torch.equal(again['img'], item['img']) and torch.equal(again['aff_neg_label'], item['aff_neg_label'])
     dataset.set_epoch(1)
     assert not torch.equal(dataset[0]['img'], item['img'])
+
+
+def test_paired_difference_mean_sd_and_t_interval():
+    from misc.metrics import paired_difference
+    result = paired_difference([0.52, 0.50, 0.55, 0.49, None], [0.50, 0.50, 0.50, 0.50, 0.40])
+    diffs = np.array([0.02, 0.0, 0.05, -0.01])                  # the pair with a None is left out
+    assert result['n'] == 4
+    assert result['mean'] == pytest.approx(diffs.mean())
+    assert result['sd'] == pytest.approx(diffs.std(ddof=1))
+    half_width = 3.182446305284263 * diffs.std(ddof=1) / 2     # t(3) at 97.5%, sqrt(4)
+    assert result['low'] == pytest.approx(diffs.mean() - half_width)
+    assert result['high'] == pytest.approx(diffs.mean() + half_width)
+    single = paired_difference([0.3], [0.1])
+    assert single['n'] == 1 and single['mean'] == pytest.approx(0.2) and np.isnan(single['sd'])
+    assert paired_difference([None], [0.1]) is None

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from misc.cda import ObjectBank
+from misc.cda import ObjectBank, mask_bbox
 from misc.config import Config
-from misc.imutils import BadInputError, read_rgb, save_label_png, save_rgb
+from misc.imutils import BadInputError, read_label_png, read_rgb, save_label_png, save_rgb
 from step import make_object_bank
 from step.make_object_bank import extract_object
+from voc12 import dataloader
 from voc12.classes import CAT_LIST
+from voc12.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _image(height: int = 10, width: int = 10, seed: int = 0) -> np.ndarray:
@@ -216,3 +222,37 @@ def test_load_missing_or_empty_bank(tmp_path):
     (tmp_path / 'index.json').write_text('[]')
     with pytest.raises(BadInputError, match='widen --cda_min_fg_ratio'):
         ObjectBank.load(tmp_path)
+
+
+def test_oracle_bank_of_demo_seeds_is_cut_from_the_ground_truth(tmp_path):
+    """benchmarks/demo_seeds.py's oracle arm: the bank holds exactly the train list's ground-truth objects
+    that pass the filter, each with the ground truth's class and mask (the shift split is never read)."""
+    spec = importlib.util.spec_from_file_location('demo_seeds', ROOT / 'benchmarks' / 'demo_seeds.py')
+    demo_seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_seeds)
+    work_dir = tmp_path / 'work'
+    root = generate(work_dir / 'synthetic_voc', n_train=24, n_val=4, size=64, seed=3, n_shift=4)
+    source = demo_seeds.oracle_bank_source(work_dir)
+    assert source == root / 'SegmentationClass'
+    cfg = Config(work_dir=work_dir, cda_bank_source=source)
+    train_ids = dataloader.resolve_list(cfg.train_list, 'train', root, None)
+
+    result = make_object_bank.run(cfg)
+
+    expected = {}
+    for image_id in train_ids:
+        label = make_object_bank.single_class(read_label_png(source / f'{image_id}.png'))
+        if label is not None:
+            expected[image_id] = label - 1
+    assert result['masks_scanned'] == len(train_ids) == 24
+    assert result['objects'] == len(expected) > 0
+    index = json.loads((cfg.object_bank_dir / 'index.json').read_text())
+    assert {entry['source']: entry['class'] for entry in index} == expected
+    for entry in index:
+        gt = read_label_png(source / f'{entry["source"]}.png') == entry['class'] + 1
+        top, bottom, left, right = mask_bbox(gt)
+        saved = read_label_png(cfg.object_bank_dir / entry['mask']) > 0
+        np.testing.assert_array_equal(saved, gt[top:bottom, left:right])
+        image = read_rgb(cfg.object_bank_dir / entry['image'])
+        np.testing.assert_array_equal(image, read_rgb(root / 'JPEGImages' / f'{entry["source"]}.jpg')[top:bottom,
+                                                                                                        left:right])

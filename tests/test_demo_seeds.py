@@ -1,0 +1,54 @@
+"""benchmarks/demo_seeds.py: the arms' flags and the paired table, on made-up run summaries."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def demo_seeds():
+    spec = importlib.util.spec_from_file_location('demo_seeds', ROOT / 'benchmarks' / 'demo_seeds.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arm_flags(demo_seeds, tmp_path):
+    assert demo_seeds.arm_args('cda', tmp_path) == []
+    assert demo_seeds.arm_args('cda_oracle', tmp_path) == [
+        '--cda_bank_source', tmp_path / 'synthetic_voc' / 'SegmentationClass']
+    assert demo_seeds.arm_args('paste_usual', tmp_path) == ['--cda_paste_context', 'usual']
+    assert demo_seeds.arm_args('paste_foreign', tmp_path) == ['--cda_paste_context', 'foreign']
+
+
+def _summary(base_cam: float, cam: float) -> dict:
+    figures = lambda v: {'cam_miou': v, 'cam_miou_shift': v / 2, 'leakage_usual': 0.3,  # noqa: E731
+                         'leakage_foreign': None, 'leakage_shift': 0.5, 'sem_seg_miou': v + 0.01}
+    return {'baseline': figures(base_cam), 'cda': figures(cam), 'wall_seconds': 10.0}
+
+
+def test_results_pair_each_arm_with_its_own_seeds_baseline(demo_seeds, tmp_path):
+    results = demo_seeds.Results(tmp_path, [0, 1, 2], 'header')
+    gains = {'cda': (0.02, 0.04), 'cda_oracle': (0.05, 0.05), 'paste_usual': (0.0, 0.0),
+             'paste_foreign': (0.01, 0.03)}
+    for seed, base in ((0, 0.40), (1, 0.50)):
+        for arm, per_seed in gains.items():
+            results.add(seed, arm, _summary(base, base + per_seed[seed]))
+    results.add(2, 'cda', _summary(0.45, 0.46))                     # seed 2 unfinished: left out
+
+    assert results.complete_seeds() == [0, 1]
+    table = results.comparisons()
+    cda = table['cda - baseline']['cam_miou']
+    assert cda['n'] == 2 and cda['mean'] == pytest.approx(0.03)
+    assert table['cda_oracle - baseline']['cam_miou']['sd'] == pytest.approx(0.0, abs=1e-12)
+    assert table['paste_foreign - paste_usual']['cam_miou']['mean'] == pytest.approx(0.02)
+    assert table['cda - baseline']['leakage_foreign'] is None          # no scene pairs: no figure
+    written = json.loads((tmp_path / 'results.json').read_text())
+    assert written['seeds'] == [0, 1]
+    text = (tmp_path / 'results.md').read_text()
+    assert '| cda - baseline | +3.0 ± 1.4' in text and '| baseline | 45.0 ± 7.1' in text
