@@ -22,6 +22,7 @@ Timings are wall-clock; on a shared machine check the load average that is print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import os
@@ -45,8 +46,8 @@ DEMO_SCALES = (1.0, 0.5, 1.5)
 PAPER_SCALES = (1.0, 0.5, 1.5, 2.0)
 PAPER_SIZE = (375, 500)                  # (H, W) of a typical VOC image
 # CAMs are normalised to [0, 1]; batch 2 vs batch 1 only changes the order of float additions.
-# A wrong flip or class gives differences of order 0.1..1; CUDA convolutions use TF32 by default.
-ATOL = {'cpu': 1e-4, 'cuda': 1e-2}
+# A wrong flip or class gives differences of order 0.1..1. On CUDA the check runs without TF32.
+ATOL = {'cpu': 1e-4, 'cuda': 1e-3}
 
 
 def machine_line(device: torch.device) -> str:
@@ -124,6 +125,17 @@ def timed_pair(fn_a, fn_b, inputs, warmup: bool, rounds: int) -> tuple[float, li
     return best_a, out_a, best_b, out_b
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """CUDA matmuls and convolutions in full fp32 (no TF32) inside the block."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def max_diff(a: list, b: list) -> float:
     return max(float(np.abs(x - y).max()) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
 
@@ -141,8 +153,16 @@ def bench_setting(name: str, backbone: str, scales, inputs: list[tuple], device:
     ours = functools.partial(compute_cams, model, device=device)
     naive = functools.partial(naive_cams, model, device=device)
     t_naive, out_naive, t_ours, out_ours = timed_pair(naive, ours, inputs, warmup, rounds)
-    diff = max_diff(out_ours, out_naive)
-    agree = all_close(out_ours, out_naive, ATOL[device.type])
+    if device.type == 'cuda':
+        # Timed with CUDA's defaults (TF32 convolutions); compared in full fp32, where a batch of 2 and
+        # two batches of 1 agree as closely as on the CPU: TF32 rounds each of ResNet-50's layers to
+        # 10 mantissa bits, and different kernels round differently (0.02 apart at the end).
+        with full_fp32():
+            check_naive, check_ours = [naive(*item) for item in inputs], [ours(*item) for item in inputs]
+    else:
+        check_naive, check_ours = out_naive, out_ours
+    diff = max_diff(check_ours, check_naive)
+    agree = all_close(check_ours, check_naive, ATOL[device.type])
     rows.append((name, backbone, len(inputs), ','.join(f'{s:g}' for s in scales), 1 / t_naive, 1 / t_ours,
                  t_naive / t_ours, diff, agree))
 
