@@ -103,6 +103,10 @@ def copy_baseline(base_dir: Path, arm_dir: Path) -> None:
     shutil.copytree(base_dir, arm_dir, ignore=lambda d, names: [n for n in names if Path(d) == base_dir and n in skip])
 
 
+def _pct(value: Optional[float]) -> str:
+    return '-' if value is None else f'{100 * value:.1f}'
+
+
 class Results:
     """Per seed, the baseline's and every arm's figures; rewrites results.json/.md after each seed."""
 
@@ -161,6 +165,19 @@ class Results:
                     cells.append(f'{100 * d["mean"]:+.1f} ± {100 * d["sd"]:.1f} '
                                  f'[{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]')
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+        lines += ['', 'Per seed: does each pass\'s walk (pseudo masks) beat the CAMs it starts from?', '',
+                  '| seed | ' + ' | '.join(f'{arm} CAM | {arm} masks' for arm in ('baseline', *ARMS)) + ' |',
+                  '|---|' + '---|---|' * (1 + len(ARMS))]
+        beaten = {arm: 0 for arm in ('baseline', *ARMS)}
+        for seed in seeds:
+            cells = []
+            for arm in ('baseline', *ARMS):
+                cam, masks = (self.figures[seed][arm].get(k) for k in ('cam_miou', 'sem_seg_miou'))
+                cells.append(f'{_pct(cam)} | {_pct(masks)}')
+                beaten[arm] += cam is not None and masks is not None and masks > cam
+            lines.append(f'| {seed} | ' + ' | '.join(cells) + ' |')
+        lines += ['', 'pseudo masks above their CAMs: ' + ', '.join(f'{arm} {n} of {len(seeds)} seeds'
+                                                                    for arm, n in beaten.items())]
         walls = [s for seed in seeds for s in self.seconds[seed].values()]
         if walls:
             lines += ['', f'run wall time: {np.mean(walls):.0f} s on average over {len(walls)} runs']
