@@ -111,6 +111,8 @@ class Config:
     irn_num_epoches: int = 3
     irn_learning_rate: float = 0.1
     irn_weight_decay: float = 1e-4
+    irn_backbone_lr_mult: float = 0.0          # 0: frozen backbone (the reference); above 0 (from scratch only):
+                                               # the CAM backbone is fine-tuned at this multiple of the lr
     # ---- random walk
     beta: int = 10
     exp_times: int = 8
@@ -365,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--irn_num_epoches', type=positive_int)
     g.add_argument('--irn_learning_rate', type=positive_float)
     g.add_argument('--irn_weight_decay', type=float)
+    g.add_argument('--irn_backbone_lr_mult', type=float, help='from scratch (--pretrained none) only: fine-tune '
+                   'the IRN backbone (initialised from the CAM network) at this multiple of --irn_learning_rate; '
+                   '0 keeps it frozen, as the reference does with ImageNet weights')
     g.add_argument('--beta', type=positive_int)
     g.add_argument('--exp_times', type=non_negative_int)
     g.add_argument('--sem_seg_bg_thres', type=unit_float)
@@ -484,6 +489,10 @@ def validate(cfg: Config) -> list[str]:
                         'low-alpha (confident foreground) labels must use the lower power')
     if cfg.cam_resize_long[0] > cfg.cam_resize_long[1]:
         problems.append('--cam_resize_long: the first value (min) is above the second (max)')
+    if cfg.irn_backbone_lr_mult < 0 or (cfg.irn_backbone_lr_mult > 0 and cfg.pretrained != 'none'):
+        problems.append(f'--irn_backbone_lr_mult {cfg.irn_backbone_lr_mult}: must be 0 or more, and above 0 only '
+                        'with --pretrained none (with ImageNet weights the IRN backbone stays frozen, as the '
+                        'reference)')
     if cfg.irn_rescale[0] > cfg.irn_rescale[1]:
         problems.append('--irn_rescale: the first value (min) is above the second (max)')
     resnet38 = cfg.method in ('affinitynet', 'seam')

@@ -116,6 +116,8 @@ def test_out_of_range_values_error(argv: list[str], capsys) -> None:
     (['--irn_rescale', '1.5', '0.5'], '--irn_rescale'),
     (['--pretrained', '/no/such/resnet.pth'], '--pretrained'),
     (['--irn_crop_size', '64'], '--irn_crop_size'),      # radius-10 pairs need a 20x20 map at stride 4
+    (['--voc12_root', '.', '--irn_backbone_lr_mult', '1'], '--irn_backbone_lr_mult'),   # ImageNet: frozen
+    (['--irn_backbone_lr_mult', '-1'], '--irn_backbone_lr_mult'),
 ])
 def test_inconsistent_values_error(argv: list[str], flag: str, capsys) -> None:
     assert flag in rejected(argv, capsys)
