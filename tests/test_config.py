@@ -236,3 +236,10 @@ def test_to_json_round_trips_without_a_dataset_root() -> None:
     cfg = parse_config([])
     back = from_dict(json.loads(cfg.to_json()))
     assert back == cfg and back.voc12_root is None and back.sbd_root is None
+
+
+def test_demo_fine_tunes_the_irn_backbone_and_paper_keeps_it_frozen() -> None:
+    demo, paper = parse_config([]), parse_config(['--voc12_root', '.'])
+    assert demo.pretrained == 'none' and demo.irn_backbone_lr_mult > 0
+    assert paper.pretrained == 'imagenet' and paper.irn_backbone_lr_mult == 0
+    assert (paper.conf_fg_thres, paper.conf_bg_thres, paper.exp_times) == (0.30, 0.05, 8)   # the reference's
