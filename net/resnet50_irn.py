@@ -1,4 +1,4 @@
-"""Inter-pixel Relation Network: a frozen ResNet and two light heads at stride 4.
+"""Inter-pixel Relation Network: a ResNet (frozen, as the reference) and two light heads at stride 4.
 
 The class-boundary branch predicts a boundary logit map; the displacement branch predicts a 2-D
 displacement field towards instance centroids. Head widths follow the reference (32 channels a
@@ -36,8 +36,14 @@ class MeanShift(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, backbone: str = 'resnet50', pretrained: str = 'imagenet', load_weights: bool = True):
+    """`train_backbone=False` (the reference): the backbone is frozen, BN statistics included, and only
+    the heads learn. `train_backbone=True` (from scratch only, `--irn_backbone_lr` above 0): the backbone,
+    initialised from the trained CAM network, is fine-tuned with the heads and its BN layers train."""
+
+    def __init__(self, backbone: str = 'resnet50', pretrained: str = 'imagenet', load_weights: bool = True,
+                 train_backbone: bool = False):
         super().__init__()
+        self.train_backbone = train_backbone
         resnet = build_resnet(backbone, pretrained, load_weights)
         c0, c1, c2, c3, c4 = stage_channels(backbone)
         self.stage1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
@@ -65,11 +71,12 @@ class Net(nn.Module):
                                           self.fc_edge5, self.fc_edge6])
         self.dp_layers = nn.ModuleList([self.fc_dp1, self.fc_dp2, self.fc_dp3, self.fc_dp4, self.fc_dp5,
                                         self.fc_dp6, self.fc_dp7])
-        self.backbone.requires_grad_(False)
+        self.backbone.requires_grad_(train_backbone)
 
     def train(self, mode: bool = True) -> 'Net':
         super().train(mode)
-        self.backbone.eval()    # frozen features: BN statistics must not move
+        if not self.train_backbone:
+            self.backbone.eval()    # frozen features: BN statistics must not move
         return self
 
     def load_backbone_from_cam(self, cam_state: dict) -> None:
@@ -88,11 +95,11 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) -> boundary logits (N, 1, H/4, W/4), displacements (N, 2, H/4, W/4)."""
-        x1 = self.stage1(x).detach()
-        x2 = self.stage2(x1).detach()
-        x3 = self.stage3(x2).detach()
-        x4 = self.stage4(x3).detach()
-        x5 = self.stage5(x4).detach()
+        x1 = self._frozen(self.stage1(x))
+        x2 = self._frozen(self.stage2(x1))
+        x3 = self._frozen(self.stage3(x2))
+        x4 = self._frozen(self.stage4(x3))
+        x5 = self._frozen(self.stage5(x4))
 
         edge1 = self.fc_edge1(x1)
         edge2 = self.fc_edge2(x2)
@@ -111,9 +118,16 @@ class Net(nn.Module):
         dp_out = self.fc_dp7(torch.cat([dp1, dp2, dp_up3], dim=1))
         return edge_out, dp_out
 
+    def _frozen(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.train_backbone else features.detach()
+
     def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(boundary-branch parameters, displacement-branch parameters): lr and 10x lr."""
         return list(self.edge_layers.parameters()), list(self.dp_layers.parameters())
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The backbone's parameters when it is fine-tuned (`train_backbone`), else none."""
+        return list(self.backbone.parameters()) if self.train_backbone else []
 
 
 class AffinityDisplacementLoss(nn.Module):

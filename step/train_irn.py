@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 SETTINGS = ('backbone', 'pretrained', 'irn_network', 'irn_crop_size', 'irn_rescale', 'irn_batch_size',
             'irn_num_epoches', 'irn_learning_rate', 'irn_weight_decay', 'seed', 'train_list', 'infer_list',
-            'irn_weights')
+            'irn_weights', 'irn_backbone_lr_mult')
 
 
 def outputs(cfg: Config) -> list[Path]:
@@ -33,9 +33,11 @@ def outputs(cfg: Config) -> list[Path]:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    """The IRN; without ImageNet weights its frozen backbone comes from the trained CAM network."""
+    """The IRN; without ImageNet weights its backbone comes from the trained CAM network (frozen, or
+    fine-tuned with --irn_backbone_lr_mult above 0)."""
     module = importlib.import_module(cfg.irn_network)
-    model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained)
+    extra = {'train_backbone': True} if cfg.irn_backbone_lr_mult > 0 else {}
+    model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, **extra)
     if cfg.pretrained == 'none':
         cam_weights = cfg.weights_dir / 'cam.pt'
         if not cam_weights.is_file():
@@ -43,6 +45,16 @@ def build_model(cfg: Config) -> torch.nn.Module:
                                        'from the CAM network; run train_cam first')
         model.load_backbone_from_cam(torchutils.load_checkpoint(cam_weights)['model'])
     return model
+
+
+def make_optimizer(model, cfg: Config, max_step: int):
+    """SGD and its poly schedule. Groups: boundary branch at lr, displacement branch at 10x lr (the
+    reference); from scratch with --irn_backbone_lr_mult, the backbone too, at that multiple of lr."""
+    groups, multipliers = list(model.trainable_parameters()), [1, 10]
+    if cfg.irn_backbone_lr_mult > 0:
+        groups.append(model.backbone_parameters())
+        multipliers.append(cfg.irn_backbone_lr_mult)
+    return torchutils.make_sgd(groups, cfg.irn_learning_rate, cfg.irn_weight_decay, max_step, multipliers)
 
 
 def train_one_epoch(loss_model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
@@ -97,8 +109,7 @@ def run(cfg: Config) -> dict:
     model = build_model(cfg)
     loss_model = importlib.import_module(cfg.irn_network).AffinityDisplacementLoss(model, path_index).to(device)
     max_step = (len(dataset) // cfg.irn_batch_size) * cfg.irn_num_epoches
-    optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.irn_learning_rate,
-                                               cfg.irn_weight_decay, max_step)
+    optimizer, scheduler = make_optimizer(model, cfg, max_step)
     start_epoch = 0
     if cfg.resume and checkpoint_path.is_file():
         start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)

@@ -116,6 +116,8 @@ def test_out_of_range_values_error(argv: list[str], capsys) -> None:
     (['--irn_rescale', '1.5', '0.5'], '--irn_rescale'),
     (['--pretrained', '/no/such/resnet.pth'], '--pretrained'),
     (['--irn_crop_size', '64'], '--irn_crop_size'),      # radius-10 pairs need a 20x20 map at stride 4
+    (['--voc12_root', '.', '--irn_backbone_lr_mult', '1'], '--irn_backbone_lr_mult'),   # ImageNet: frozen
+    (['--irn_backbone_lr_mult', '-1'], '--irn_backbone_lr_mult'),
 ])
 def test_inconsistent_values_error(argv: list[str], flag: str, capsys) -> None:
     assert flag in rejected(argv, capsys)
@@ -234,3 +236,10 @@ def test_to_json_round_trips_without_a_dataset_root() -> None:
     cfg = parse_config([])
     back = from_dict(json.loads(cfg.to_json()))
     assert back == cfg and back.voc12_root is None and back.sbd_root is None
+
+
+def test_demo_fine_tunes_the_irn_backbone_and_paper_keeps_it_frozen() -> None:
+    demo, paper = parse_config([]), parse_config(['--voc12_root', '.'])
+    assert demo.pretrained == 'none' and demo.irn_backbone_lr_mult > 0
+    assert paper.pretrained == 'imagenet' and paper.irn_backbone_lr_mult == 0
+    assert (paper.conf_fg_thres, paper.conf_bg_thres, paper.exp_times) == (0.30, 0.05, 8)   # the reference's

@@ -214,6 +214,50 @@ def test_irn_step_trains_only_the_branches() -> None:
     assert not any(changed(before, net, 'mean_shift.').values())
 
 
+def test_irn_fine_tuned_backbone_from_scratch_learns(tmp_path: Path) -> None:
+    """--irn_backbone_lr_mult > 0 (from scratch): the backbone, copied from the CAM network, gets its own
+    lr group, receives gradients, moves (weights and BN statistics), and train() keeps its BN in training."""
+    torch.manual_seed(0)
+    cfg = Config(work_dir=tmp_path, backbone='resnet18', pretrained='none', irn_backbone_lr_mult=0.5)
+    cam = resnet50_cam.Net(backbone='resnet18', pretrained='none')
+    torchutils.save_checkpoint(cfg.weights_dir / 'cam.pt', model=cam.state_dict())
+    net = train_irn.build_model(cfg)
+    assert net.train_backbone and all(p.requires_grad for p in net.backbone.parameters())
+    assert torch.equal(net.stage3[0].conv1.weight, cam.stage2[0].conv1.weight)    # layer2 copied from the CAM net
+    net.train()
+    assert all(m.training for m in net.backbone.modules())
+
+    path_index = PathIndex(radius=10, default_size=(IRN_CROP // 4, IRN_CROP // 4))
+    loss_model = resnet50_irn.AffinityDisplacementLoss(net, path_index)
+    bg_pos, fg_pos, neg = affinity_labels(path_index)
+    batch = {'img': torch.randn(2, 3, IRN_CROP, IRN_CROP), 'aff_bg_pos_label': bg_pos,
+             'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
+    optimizer, scheduler = train_irn.make_optimizer(net, cfg, max_step=10)
+    assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.1, 1.0, 0.05])
+    assert len(optimizer.param_groups[2]['params']) == len(list(net.backbone.parameters()))
+    before = snapshot(net)
+    train_irn.train_one_epoch(loss_model, [batch], optimizer, scheduler, CPU, cfg, epoch=0)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone.parameters())
+    for prefix in ('stage1.', 'stage2.', 'stage3.', 'stage4.', 'stage5.', 'fc_edge', 'fc_dp'):
+        moved = {k: v for k, v in changed(before, net, prefix).items() if not k.endswith('.running_mean')
+                 or k.startswith('stage')}     # the mean shift is measured after training, not learnt
+        assert moved and all(moved.values()), [k for k, v in moved.items() if not v]
+
+
+def test_irn_backbone_stays_frozen_with_imagenet_weights(tmp_path: Path) -> None:
+    """With weights (ImageNet or a file) the IRN is the reference's: frozen backbone, two lr groups."""
+    weights = tmp_path / 'resnet18.pth'
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    cfg = Config(work_dir=tmp_path, backbone='resnet18', pretrained=str(weights))
+    net = train_irn.build_model(cfg)
+    assert not net.train_backbone and not any(p.requires_grad for p in net.backbone.parameters())
+    assert net.backbone_parameters() == []
+    optimizer, _ = train_irn.make_optimizer(net, cfg, max_step=10)
+    assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.1, 1.0])
+    net.train()
+    assert not any(m.training for m in net.backbone.modules())
+
+
 def test_irn_train_mode_keeps_backbone_in_eval() -> None:
     net = resnet50_irn.Net(backbone='resnet18', pretrained='none')
     loss_model = resnet50_irn.AffinityDisplacementLoss(net, PathIndex(radius=10, default_size=(24, 24)))
