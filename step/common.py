@@ -161,6 +161,33 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
     return stats
 
 
+def fit_epochs(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, loader: DataLoader,
+               optimizer, scheduler, device: torch.device, cfg: Config, num_epochs: int,
+               checkpoint_path: Path | None, one_epoch: Callable, loss_keys: Sequence[str]) -> list[dict]:
+    """The epoch loop of the pair-trained networks (IRN, AffinityNet): with --resume, `model`, its optimizer
+    and schedule continue from `checkpoint_path`; `to_wrap` (the module whose forward gives the loss) is
+    wrapped for DDP; each epoch reseeds the samples and the sampler, runs `one_epoch(wrapped, epoch)`,
+    logs the `loss_keys` of its stats and saves the epoch checkpoint. Returns the epochs' stats."""
+    start_epoch = 0
+    if cfg.resume and checkpoint_path is not None and checkpoint_path.is_file():
+        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
+    wrapped = torchutils.wrap_ddp(to_wrap, device)
+    label = name + ('/' + cfg.stage if cfg.stage else '')
+    history = []
+    for epoch in range(start_epoch, num_epochs):
+        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
+        stats = one_epoch(wrapped, epoch)
+        stats['epoch'] = epoch + 1
+        history.append(stats)
+        logger.info('%s epoch %d/%d: %s, %.1f img/s (data %.1fs of %.1fs)', label, epoch + 1, num_epochs,
+                    ', '.join(f'{key} {stats[key]:.4f}' for key in loss_keys if key in stats),
+                    stats['images_per_s'], stats['data_seconds'], stats['seconds'])
+        if checkpoint_path is not None:
+            torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
+    return history
+
+
 def run_in_workers(worker: Callable, jobs: Sequence, num_workers: int, desc: str) -> None:
     """`worker(job)` for every job with a progress bar, in `num_workers` spawned processes when more than
     one (CPU-bound per-image work such as dense CRFs; the workers import only the worker's module)."""

@@ -68,23 +68,11 @@ def fit(model: Net, dataset: CrfAffinityDataset, cfg: Config, device: torch.devi
     max_step = (len(dataset) // cfg.aff_batch_size) * cfg.aff_num_epoches
     optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.aff_learning_rate,
                                                cfg.aff_weight_decay, max_step)
-    start_epoch = 0
-    if cfg.resume and checkpoint_path is not None and checkpoint_path.is_file():
-        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
-    ddp_model = torchutils.wrap_ddp(model, device)
-    history = []
-    for epoch in range(start_epoch, cfg.aff_num_epoches):
-        dataset.set_epoch(epoch)
-        loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, loader, optimizer, scheduler, device, cfg, epoch)
-        stats['epoch'] = epoch + 1
-        history.append(stats)
-        logger.info('train_aff%s epoch %d/%d: bg %.4f, fg %.4f, neg %.4f, %.1f img/s (data %.1fs of %.1fs)',
-                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.aff_num_epoches, stats.get('bg', 0.0),
-                    stats.get('fg', 0.0), stats.get('neg', 0.0), stats['images_per_s'], stats['data_seconds'],
-                    stats['seconds'])
-        if checkpoint_path is not None:
-            torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
+    history = common.fit_epochs(
+        'train_aff', model, model, dataset, loader, optimizer, scheduler, device, cfg, cfg.aff_num_epoches,
+        checkpoint_path, lambda wrapped, epoch: train_one_epoch(wrapped, loader, optimizer, scheduler, device, cfg,
+                                                                epoch),
+        ('bg', 'fg', 'neg'))
     return {'epochs': history, 'max_step': max_step}
 
 

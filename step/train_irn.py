@@ -110,22 +110,11 @@ def run(cfg: Config) -> dict:
     loss_model = importlib.import_module(cfg.irn_network).AffinityDisplacementLoss(model, path_index).to(device)
     max_step = (len(dataset) // cfg.irn_batch_size) * cfg.irn_num_epoches
     optimizer, scheduler = make_optimizer(model, cfg, max_step)
-    start_epoch = 0
-    if cfg.resume and checkpoint_path.is_file():
-        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
-    ddp_model = torchutils.wrap_ddp(loss_model, device)
-    history = []
-    for epoch in range(start_epoch, cfg.irn_num_epoches):
-        dataset.set_epoch(epoch)
-        loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, loader, optimizer, scheduler, device, cfg, epoch)
-        stats['epoch'] = epoch + 1
-        history.append(stats)
-        logger.info('train_irn%s epoch %d/%d: %s, %.1f img/s (data %.1fs of %.1fs)',
-                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.irn_num_epoches,
-                    ', '.join(f'{k} {stats[k]:.4f}' for k in ('pos_aff', 'neg_aff', 'dp_fg', 'dp_bg') if k in stats),
-                    stats['images_per_s'], stats['data_seconds'], stats['seconds'])
-        torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
+    history = common.fit_epochs(
+        'train_irn', model, loss_model, dataset, loader, optimizer, scheduler, device, cfg, cfg.irn_num_epoches,
+        checkpoint_path, lambda wrapped, epoch: train_one_epoch(wrapped, loader, optimizer, scheduler, device, cfg,
+                                                                epoch),
+        ('pos_aff', 'neg_aff', 'dp_fg', 'dp_bg'))
     mean_shift = measure_mean_shift(model.to(device), cfg, device)
     model.mean_shift.running_mean.copy_(mean_shift.to(device))
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
