@@ -36,8 +36,10 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 # The Config fields the instance masks (and the COCO file) depend on.
+# Not --ins_seg_coco: the export is read off the same instance files, so turning it on adds the train
+# list's missing ones and the JSON; nothing made before changes.
 SETTINGS = ('beta', 'exp_times', 'ins_seg_bg_thres', 'irn_crop_size', 'irn_network', 'backbone',
-            'ins_seg_coco', 'train_list', 'sbd_root')
+            'train_list', 'sbd_root')
 
 CENTROID_ITERATIONS = 300      # the reference's refinement steps (any number >= 100 works, it says)
 CLUSTER_THRES = 2.5            # |displacement| below this: a centroid region (supplementary material)

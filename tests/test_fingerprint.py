@@ -152,3 +152,15 @@ def test_fingerprint_follows_settings_and_weights_files(tmp_path):
     fingerprint.finish(cfg, 'train_cam', epochs)
     after = fingerprint.compute(cfg, 'make_cam', make_cam)
     assert fingerprint.changes(before, after) == ['upstream train_cam']
+
+
+def test_turning_the_coco_export_off_and_on_keeps_the_instance_masks(work_copy, synthetic_voc):
+    coco = work_copy / 'coco' / 'ins_seg_train.json'
+    before = _stamps(work_copy)
+    assert run_sample.main(_args(synthetic_voc, work_copy, '--steps', 'make_ins_seg', '--no-ins_seg_coco')) == 0
+    coco.unlink()
+    assert run_sample.main(_args(synthetic_voc, work_copy, '--steps', 'make_ins_seg', '--ins_seg_coco')) == 0
+    after = _stamps(work_copy)
+    redone, total = _redone(before, after, 'ins_seg/')
+    assert redone == 0 and total > 0
+    assert json.loads(coco.read_text())['images']          # the export is written again from the same files
