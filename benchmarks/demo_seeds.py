@@ -33,15 +33,15 @@ Any argument this script does not know is passed on to run_sample.py (e.g. --dev
 from __future__ import annotations
 
 import argparse
-import heapq
+import itertools
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -207,13 +207,13 @@ def main(argv: Optional[list] = None) -> int:
     results = Results(args.out, args.seeds, header)
     print(header, flush=True)
 
-    # Earlier seeds first: a run cut short still leaves whole seeds behind.
-    queue: list = []
-    queue_lock, failures = threading.Lock(), []
+    # Earlier seeds first: a run cut short still leaves whole seeds behind. A main run queues its seed's
+    # arms before it is marked done, so join() returns only when every run has finished.
+    jobs: queue.PriorityQueue = queue.PriorityQueue()
+    order, failures = itertools.count(), []
 
     def push(priority: tuple, job) -> None:
-        with queue_lock:
-            heapq.heappush(queue, (priority, id(job), job))
+        jobs.put((priority, next(order), job))
 
     def main_run(seed: int) -> None:
         base_dir = args.out / f'seed{seed}'
@@ -239,30 +239,25 @@ def main(argv: Optional[list] = None) -> int:
 
     def worker() -> None:
         while True:
-            with queue_lock:
-                if not queue:
-                    return
-                _, _, job = heapq.heappop(queue)
+            _, _, job = jobs.get()
             try:
+                if job is None:
+                    return
                 job()
             except Exception as error:           # a failed run is reported; the other seeds go on
                 failures.append(str(error))
                 print(error, file=sys.stderr, flush=True)
+            finally:
+                jobs.task_done()
 
-    # A worker that finds the queue empty while main runs still add arms would stop early: keep
-    # restarting workers until nothing is queued and nothing runs.
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        running: set = set()
-        while True:
-            running = {f for f in running if not f.done()}
-            with queue_lock:
-                pending = len(queue)
-            if not pending and not running:
-                break
-            while pending and len(running) < args.jobs:
-                running.add(pool.submit(worker))
-                pending -= 1
-            time.sleep(0.5)
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(args.jobs)]
+    for thread in workers:
+        thread.start()
+    jobs.join()
+    for _ in workers:
+        push((float('inf'),), None)
+    for thread in workers:
+        thread.join()
 
     results.write()
     print('\n' + results.table())
