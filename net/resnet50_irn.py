@@ -37,7 +37,7 @@ class MeanShift(nn.Module):
 
 class Net(nn.Module):
     """`train_backbone=False` (the reference): the backbone is frozen, BN statistics included, and only
-    the heads learn. `train_backbone=True` (from scratch only, `--irn_backbone_lr` above 0): the backbone,
+    the heads learn. `train_backbone=True` (from scratch only, `--irn_backbone_lr_mult` above 0): the backbone,
     initialised from the trained CAM network, is fine-tuned with the heads and its BN layers train."""
 
     def __init__(self, backbone: str = 'resnet50', pretrained: str = 'imagenet', load_weights: bool = True,

@@ -123,6 +123,17 @@ def png_is_valid(path: Path) -> bool:
 PAIR_LABELS = ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')
 
 
+def optimise(loss: torch.Tensor, optimizer, scheduler, non_finite_message: str) -> None:
+    """One step of a training loop: backward, optimizer and schedule; a NaN or infinite loss stops the
+    run with `non_finite_message` instead of corrupting the weights."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(non_finite_message)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
 def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.device, cfg: Config, desc: str,
                           loss_of: Callable) -> dict:
     """One epoch of a relation network trained on pixel-pair labels (IRN, AffinityNet).
@@ -144,12 +155,7 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
         if torchutils.is_distributed():
             counts = torchutils.all_reduce_sum(torch.stack([label.sum() for label in labels]).detach())
         total, parts = loss_of(model, img, labels, counts, world)
-        if not torch.isfinite(total):
-            raise FloatingPointError(f'non-finite loss in {desc}; lower the learning rate')
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        scheduler.step()
+        optimise(total, optimizer, scheduler, f'non-finite loss in {desc}; lower the learning rate')
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value * img.shape[0]
         images += img.shape[0]

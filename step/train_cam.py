@@ -82,12 +82,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
         if cfg.channels_last and device.type == 'cuda':
             img = img.contiguous(memory_format=torch.channels_last)
         loss, parts = loss_fn(model, img, label, cfg)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f'non-finite CAM loss at epoch {epoch + 1}; lower --cam_learning_rate')
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        common.optimise(loss, optimizer, scheduler,
+                        f'non-finite CAM loss at epoch {epoch + 1}; lower --cam_learning_rate')
         loss_sum += loss.item() * img.shape[0]
         images += img.shape[0]
         for name, value in parts.items():
