@@ -25,13 +25,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from scipy import ndimage
-from tqdm import tqdm
 
 from misc import imutils, torchutils
 from misc.config import Config
 from step import common
-from step.make_sem_seg_labels import load_irn, random_walk_scores, upsample_scores
-from voc12 import dataloader
+from step.make_sem_seg_labels import irn_inference, random_walk_scores, upsample_scores
 
 logger = logging.getLogger(__name__)
 
@@ -190,20 +188,11 @@ def make_instances(cfg: Config, ids: Sequence[str]) -> int:
     todo = torchutils.shard(common.pending(ids, output_of, _is_valid, cfg.overwrite))
     if not todo:
         return 0
-    model, module = load_irn(cfg, device)
-    dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, None, (1.0,))
-    with torch.no_grad():
-        for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_ins_seg',
-                         disable=not torchutils.is_main_process()):
-            image_id, size = pack['name'], pack['size']
-            with torchutils.autocast(device, cfg.amp):
-                edge, displacement = module.boundary_and_displacement(model, pack['img'][0].to(device),
-                                                                      cfg.irn_crop_size)
-            with np.load(cam_of(image_id)) as cam:
-                cams, keys = torch.from_numpy(cam['cam']).to(device), cam['keys']
-            found = instances_from_irn(cams, keys, edge.float(), displacement.float(), size, cfg.beta,
-                                       cfg.exp_times, cfg.ins_seg_bg_thres)
-            imutils.save_npz(output_of(image_id), **found)
+    both = lambda module, model, img: module.boundary_and_displacement(model, img, cfg.irn_crop_size)  # noqa: E731
+    for image_id, size, (edge, displacement), cams, keys in irn_inference(cfg, todo, device, both, 'make_ins_seg'):
+        found = instances_from_irn(cams, keys, edge.float(), displacement.float(), size, cfg.beta,
+                                   cfg.exp_times, cfg.ins_seg_bg_thres)
+        imutils.save_npz(output_of(image_id), **found)
     return len(todo)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -85,6 +85,22 @@ def load_irn(cfg: Config, device: torch.device):
     return model.to(device).eval(), module
 
 
+def irn_inference(cfg: Config, ids: Sequence[str], device: torch.device, forward: Callable, desc: str) -> Iterator:
+    """Per image of `ids`, without gradients: (id, (H, W), forward(module, model, img), its strided CAMs on
+    `device`, their class keys), the trained IRN applied by `forward` under --amp. Shared by the
+    semantic and the instance pseudo masks."""
+    model, module = load_irn(cfg, device)
+    dataset = dataloader.MultiScaleDataset(ids, cfg.dataset_root, None, (1.0,))
+    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc=desc,
+                     disable=not torchutils.is_main_process()):
+        image_id = pack['name']
+        with torch.no_grad(), torchutils.autocast(device, cfg.amp):
+            out = forward(module, model, pack['img'][0].to(device))
+        with np.load(cfg.cam_dir / f'{image_id}.npz') as cam:
+            cams, keys = torch.from_numpy(cam['cam']).to(device), cam['keys']
+        yield image_id, pack['size'], out, cams, keys
+
+
 def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
     """Pseudo masks of the infer list (or of `ids`: the object bank asks for the train list's)."""
     device = common.device_of(cfg)
@@ -97,19 +113,11 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
     if not todo:
         torchutils.barrier()
         return {'images': 0}
-    model, module = load_irn(cfg, device)
-    dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, None, (1.0,))
-    with torch.no_grad():
-        for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_sem_seg',
-                         disable=not torchutils.is_main_process()):
-            image_id, size = pack['name'], pack['size']
-            with torchutils.autocast(device, cfg.amp):
-                edge = module.boundary_map(model, pack['img'][0].to(device), cfg.irn_crop_size).float()
-            with np.load(cam_of(image_id)) as cam:
-                cams, keys = torch.from_numpy(cam['cam']).to(device), cam['keys']
-            rw = random_walk_scores(cams, edge, cfg.beta, cfg.exp_times)
-            scores = upsample_scores(rw, size).cpu().numpy()
-            imutils.save_npz(rw_of(image_id), keys=keys, rw=rw[:, 0].cpu().numpy())
-            imutils.save_label_png(output_of(image_id), label_from_scores(scores, keys, cfg.sem_seg_bg_thres))
+    boundary = lambda module, model, img: module.boundary_map(model, img, cfg.irn_crop_size)   # noqa: E731
+    for image_id, size, edge, cams, keys in irn_inference(cfg, todo, device, boundary, 'make_sem_seg'):
+        rw = random_walk_scores(cams, edge.float(), cfg.beta, cfg.exp_times)
+        scores = upsample_scores(rw, size).cpu().numpy()
+        imutils.save_npz(rw_of(image_id), keys=keys, rw=rw[:, 0].cpu().numpy())
+        imutils.save_label_png(output_of(image_id), label_from_scores(scores, keys, cfg.sem_seg_bg_thres))
     torchutils.barrier()
     return {'images': len(todo)}
