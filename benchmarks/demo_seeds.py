@@ -18,8 +18,8 @@ the train list. Printed and written (<out>/results.md, results.json, after every
 the arms' means, and the paired differences arm - baseline and foreign - usual with mean, standard
 deviation and 95% Student-t interval over the seeds.
 
-Sizing. The full run is the demo profile itself (400 train / 100 shift images of 128 px, 12 CAM
-epochs, 6 IRN epochs), the run a user sees, and 8 seeds: with paired differences the interval's
+Sizing. The full run is the demo profile itself (400 train / 100 shift images of 128 px, 8 CAM
+epochs, 4 IRN epochs), the run a user sees, and 8 seeds: with paired differences the interval's
 half-width is t(n-1) * sd / sqrt(n), 0.84 sd at 8 seeds against 1.24 sd at 5, so a 2-point difference
 is resolved when the paired spread stays under about 2.4 points; results.md prints the half-width each
 comparison reached, so the reader sees whether it did. The instance steps are skipped (they do not
@@ -29,6 +29,11 @@ change the figures compared here). --quick (200 / 50 / 50 images, 6 and 2 epochs
     python benchmarks/demo_seeds.py --jobs 6 --device cuda   # one GPU machine (16 cores: minutes)
     python benchmarks/demo_seeds.py --seeds 0 1 --quick      # the plumbing, smaller data
 Any argument this script does not know is passed on to run_sample.py (e.g. --device cuda, --amp).
+
+Tuning (`--tune_seeds`, seeds disjoint from the table's): before the table, one baseline per tuning
+seed picks the thresholds the table then uses, each by its own figure's mean over the tuning seeds:
+the CAM evaluation threshold by CAM mIoU, and the walk (2^exp_times steps, background threshold) by
+pseudo-mask mIoU. Neither looks at the other, nor at the table's seeds (<out>/tuning.md, tuning.json).
 """
 from __future__ import annotations
 
@@ -67,13 +72,13 @@ QUICK = ('--n_train', '200', '--n_val', '50', '--n_shift', '50', '--cam_num_epoc
          '--irn_num_epoches', '2')
 
 
-def run_sample(work_dir: Path, args: list, threads: int) -> dict:
+def run_sample(work_dir: Path, args: list, threads: int, log_name: Optional[str] = None) -> dict:
     """One run_sample.py process; its metrics/summary.json with the wall time added."""
     command = [sys.executable, str(ROOT / 'run_sample.py'), '--work_dir', str(work_dir), *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
-    (work_dir.parent / f'{work_dir.name}.log').write_text(result.stdout + result.stderr)
+    (work_dir.parent / f'{log_name or work_dir.name}.log').write_text(result.stdout + result.stderr)
     if result.returncode:
         raise RuntimeError(f'failed ({result.returncode}): {" ".join(command)}\n{result.stderr[-2000:]}')
     summary = json.loads((work_dir / 'metrics' / 'summary.json').read_text())
@@ -101,6 +106,70 @@ def copy_baseline(base_dir: Path, arm_dir: Path) -> None:
         shutil.rmtree(arm_dir)
     skip = {'cda', 'object_bank', 'report.md', 'contact_sheet.png'}
     shutil.copytree(base_dir, arm_dir, ignore=lambda d, names: [n for n in names if Path(d) == base_dir and n in skip])
+
+
+def sweep_of(metrics_file: Path) -> dict:
+    """{threshold: mIoU} of an evaluation's --sweep (rounded thresholds as keys)."""
+    table = json.loads(metrics_file.read_text())['sweep']
+    return {round(row['threshold'], 4): row['miou'] for row in table}
+
+
+def choose(curves: list) -> tuple:
+    """The key whose mean over the curves ({key: mIoU} each, one per tuning seed) is highest, and that mean."""
+    keys = set.intersection(*(set(curve) for curve in curves))
+    means = {key: float(np.mean([curve[key] for curve in curves])) for key in keys}
+    best = max(sorted(means), key=lambda key: means[key])
+    return best, means[best]
+
+
+def tune(seeds: list, common: list, thresholds: list, exp_times: list, out: Path, threads: int,
+         run_all) -> tuple:
+    """Baselines on the tuning seeds; the CAM threshold and walk settings the table will use (flags) and a
+    summary written to <out>/tuning.md and tuning.json."""
+    sweep = ['--sweep', *thresholds]
+    cam_curves, walk_curves = {}, {}
+
+    def baseline(seed: int) -> None:
+        work_dir = out / 'tuning' / f'seed{seed}'
+        if work_dir.exists():
+            shutil.rmtree(work_dir)
+        run_sample(work_dir, ['--no-cda', '--seed', seed, *common, *sweep], threads)
+        cam_curves[seed] = sweep_of(work_dir / 'metrics' / 'eval_cam.json')
+        walk_curves[seed] = {}
+        for steps in exp_times:             # the walk only: same IRN, same CAMs
+            run_sample(work_dir, ['--no-cda', '--seed', seed, *common, *sweep, '--exp_times', steps,
+                                  '--steps', 'make_sem_seg,eval_sem_seg'], threads, f'seed{seed}_exp{steps}')
+            for threshold, miou in sweep_of(work_dir / 'metrics' / 'eval_sem_seg.json').items():
+                walk_curves[seed][(steps, threshold)] = miou
+        print(f'tuning seed {seed}: best CAM {100 * max(cam_curves[seed].values()):.1f}, best masks '
+              f'{100 * max(walk_curves[seed].values()):.1f}', flush=True)
+
+    run_all([((seed,), lambda _push, seed=seed: baseline(seed)) for seed in seeds])
+    done = [s for s in seeds if s in cam_curves]
+    if not done:
+        raise RuntimeError('no tuning run finished; see the logs in ' + str(out / 'tuning'))
+    cam_threshold, cam_mean = choose([cam_curves[s] for s in done])
+    (steps, walk_threshold), walk_mean = choose([walk_curves[s] for s in done])
+    flags = ['--cam_eval_thres', cam_threshold, '--exp_times', steps, '--sem_seg_bg_thres', walk_threshold]
+    lines = [f'Tuning on seeds {", ".join(map(str, done))} (baselines): each setting by its own mean mIoU (%).', '',
+             f'CAM threshold {cam_threshold} (mean CAM mIoU {100 * cam_mean:.1f}); walk 2^{steps} steps, '
+             f'background {walk_threshold} (mean pseudo-mask mIoU {100 * walk_mean:.1f}).', '',
+             '| threshold | CAM | ' + ' | '.join(f'masks 2^{e}' for e in exp_times) + ' |',
+             '|---|---|' + '---|' * len(exp_times)]
+    for threshold in sorted(cam_curves[done[0]]):
+        cells = [f'{100 * np.mean([cam_curves[s][threshold] for s in done]):.1f}']
+        cells += [f'{100 * np.mean([walk_curves[s][(e, threshold)] for s in done]):.1f}'
+                  if all((e, threshold) in walk_curves[s] for s in done) else '-' for e in exp_times]
+        lines.append(f'| {threshold} | ' + ' | '.join(cells) + ' |')
+    lines += ['', f'table flags: {" ".join(map(str, flags))}']
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'tuning.md').write_text('\n'.join(lines) + '\n')
+    (out / 'tuning.json').write_text(json.dumps(
+        {'seeds': done, 'flags': [str(f) for f in flags],
+         'cam': {str(s): cam_curves[s] for s in done},
+         'walk': {str(s): {f'{e}:{t}': v for (e, t), v in walk_curves[s].items()} for s in done}}, indent=1))
+    print('\n'.join(lines), flush=True)
+    return flags
 
 
 def _pct(value: Optional[float]) -> str:
@@ -191,6 +260,41 @@ class Results:
         (self.out / 'results.md').write_text(self.table() + '\n')
 
 
+def run_jobs(initial: list, workers: int, failures: list) -> None:
+    """Runs (priority, job) pairs on `workers` threads, lowest priority first. Each job is called with
+    `push(priority, job)`, with which it may queue more; returns when every job, queued ones included,
+    has finished. A failed job is reported and the others go on."""
+    jobs: queue.PriorityQueue = queue.PriorityQueue()
+    order = itertools.count()
+
+    def push(priority: tuple, job) -> None:
+        jobs.put((priority, next(order), job))
+
+    def worker() -> None:
+        while True:
+            _, _, job = jobs.get()
+            try:
+                if job is None:
+                    return
+                job(push)
+            except Exception as error:
+                failures.append(str(error))
+                print(error, file=sys.stderr, flush=True)
+            finally:
+                jobs.task_done()
+
+    for priority, job in initial:
+        push(priority, job)
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    jobs.join()
+    for _ in threads:
+        push((float('inf'),), None)
+    for thread in threads:
+        thread.join()
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seeds', type=int, nargs='+', default=list(range(8)))
@@ -198,24 +302,30 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--quick', action='store_true', help='200 train / 50 val / 50 shift images, fewer epochs')
     parser.add_argument('--jobs', type=int, default=1, help='runs side by side (each gets cores / jobs threads)')
     parser.add_argument('--out', type=Path, default=ROOT / 'runs' / 'demo_seeds')
+    parser.add_argument('--tune_seeds', type=int, nargs='*', default=[],
+                        help='first choose the CAM threshold and the walk on baselines of these seeds (not '
+                             'among --seeds); the table then runs with them')
+    parser.add_argument('--tune_thresholds', type=float, nargs='+',
+                        default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5])
+    parser.add_argument('--tune_exp_times', type=int, nargs='+', default=[3, 4, 5])
     args, passed_on = parser.parse_known_args(argv)
+    if set(args.tune_seeds) & set(args.seeds):
+        parser.error('--tune_seeds must not overlap --seeds: the table would be scored on the seeds it was tuned on')
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     common = ['--profile', 'demo', '--context_bias', args.context_bias, '--num_workers', min(threads, 4),
               *NO_INSTANCES, *(QUICK if args.quick else ()), *passed_on]
+    failures: list = []
+    if args.tune_seeds:
+        common += tune(args.tune_seeds, common, args.tune_thresholds, args.tune_exp_times, args.out, threads,
+                       lambda jobs: run_jobs(jobs, args.jobs, failures))
     header = (f'benchmarks/demo_seeds.py: context bias {args.context_bias}, {"quick" if args.quick else "demo"} '
               f'size, run_sample.py {" ".join(map(str, common))}')
     results = Results(args.out, args.seeds, header)
     print(header, flush=True)
 
     # Earlier seeds first: a run cut short still leaves whole seeds behind. A main run queues its seed's
-    # arms before it is marked done, so join() returns only when every run has finished.
-    jobs: queue.PriorityQueue = queue.PriorityQueue()
-    order, failures = itertools.count(), []
-
-    def push(priority: tuple, job) -> None:
-        jobs.put((priority, next(order), job))
-
-    def main_run(seed: int) -> None:
+    # arms before it finishes, so every run, arms included, is done when run_jobs returns.
+    def main_run(seed: int, push) -> None:
         base_dir = args.out / f'seed{seed}'
         if base_dir.exists():
             shutil.rmtree(base_dir)
@@ -224,7 +334,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f'seed {seed}: baseline CAM {100 * summary["baseline"]["cam_miou"]:.1f}, CDA CAM '
               f'{100 * summary["cda"]["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
         for rank, arm in enumerate(ARMS[1:]):
-            push((seed, 1 + rank), lambda arm=arm: arm_run(seed, arm))
+            push((seed, 1 + rank), lambda _push, arm=arm: arm_run(seed, arm))
 
     def arm_run(seed: int, arm: str) -> None:
         base_dir, arm_dir = args.out / f'seed{seed}', args.out / f'seed{seed}_{arm}'
@@ -234,31 +344,8 @@ def main(argv: Optional[list] = None) -> int:
         print(f'seed {seed} {arm}: CAM {100 * summary["cda"]["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)',
               flush=True)
 
-    for seed in args.seeds:
-        push((seed, 0), lambda seed=seed: main_run(seed))
-
-    def worker() -> None:
-        while True:
-            _, _, job = jobs.get()
-            try:
-                if job is None:
-                    return
-                job()
-            except Exception as error:           # a failed run is reported; the other seeds go on
-                failures.append(str(error))
-                print(error, file=sys.stderr, flush=True)
-            finally:
-                jobs.task_done()
-
-    workers = [threading.Thread(target=worker, daemon=True) for _ in range(args.jobs)]
-    for thread in workers:
-        thread.start()
-    jobs.join()
-    for _ in workers:
-        push((float('inf'),), None)
-    for thread in workers:
-        thread.join()
-
+    run_jobs([((seed, 0), lambda push, seed=seed: main_run(seed, push)) for seed in args.seeds], args.jobs,
+             failures)
     results.write()
     print('\n' + results.table())
     print(f'\nwritten: {args.out / "results.md"}, {args.out / "results.json"}')

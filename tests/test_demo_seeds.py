@@ -52,3 +52,33 @@ def test_results_pair_each_arm_with_its_own_seeds_baseline(demo_seeds, tmp_path)
     assert written['seeds'] == [0, 1]
     text = (tmp_path / 'results.md').read_text()
     assert '| cda - baseline | +3.0 ± 1.4' in text and '| baseline | 45.0 ± 7.1' in text
+
+
+def test_choose_takes_the_best_mean_over_tuning_seeds(demo_seeds):
+    curves = [{0.2: 0.50, 0.3: 0.40}, {0.2: 0.30, 0.3: 0.45}]      # means 0.40 and 0.425
+    assert demo_seeds.choose(curves) == (0.3, pytest.approx(0.425))
+    walk = [{(3, 0.25): 0.4, (4, 0.25): 0.5, (4, 0.3): 0.1}, {(3, 0.25): 0.6, (4, 0.25): 0.4}]
+    assert demo_seeds.choose(walk)[0] == (3, 0.25)                  # keys missing on a seed do not count
+
+
+def test_run_jobs_runs_queued_jobs_in_priority_order_and_reports_failures(demo_seeds):
+    done, failures = [], []
+
+    def first(push):
+        done.append('first')
+        push((0, 2), lambda _push: done.append('late'))
+        push((0, 1), lambda _push: done.append('early'))
+
+    def broken(_push):
+        raise RuntimeError('broken run')
+
+    demo_seeds.run_jobs([((0, 0), first), ((1, 0), broken), ((2, 0), lambda _push: done.append('last'))], 1,
+                        failures)
+    assert done == ['first', 'early', 'late', 'last']
+    assert failures == ['broken run']
+
+
+def test_tuning_seeds_must_not_be_table_seeds(demo_seeds, capsys):
+    with pytest.raises(SystemExit):
+        demo_seeds.main(['--seeds', '0', '1', '--tune_seeds', '1', '2'])
+    assert 'must not overlap' in capsys.readouterr().err
