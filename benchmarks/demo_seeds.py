@@ -26,7 +26,8 @@ comparison reached, so the reader sees whether it did. The instance steps are sk
 change the figures compared here). --quick (200 / 50 / 50 images, 6 and 2 epochs) checks the script.
 
     python benchmarks/demo_seeds.py                          # 8 seeds, demo size (CPU: hours)
-    python benchmarks/demo_seeds.py --jobs 6 --device cuda   # one GPU machine (16 cores: minutes)
+    # the README's table (one H100 machine: 8 minutes)
+    python benchmarks/demo_seeds.py --jobs 8 --device cuda --tune_seeds 100 101 102 103 104 105 106 107
     python benchmarks/demo_seeds.py --seeds 0 1 --quick      # the plumbing, smaller data
 Any argument this script does not know is passed on to run_sample.py (e.g. --device cuda, --amp).
 
