@@ -115,7 +115,7 @@ class BottleneckBlock(nn.Module):
 class ResNet38(nn.Module):
     """The backbone alone: `forward(x)` -> {'conv4', 'conv5', 'conv6'} (see the module docstring)."""
 
-    def __init__(self, width: float = 1.0, frozen_bn: bool = True):
+    def __init__(self, width: float = 1.0, frozen_bn: bool = True, dropout: bool = True):
         super().__init__()
         if not 0 < width <= 1:
             raise BadInputError(f'ResNet-38 width {width}: must be in (0, 1]')
@@ -141,8 +141,8 @@ class ResNet38(nn.Module):
         self.b5 = ResBlock(c(512), c(512), c(1024), first_dilation=1, dilation=2, **bn)
         self.b5_1 = ResBlock(c(1024), c(512), c(1024), dilation=2, **bn)
         self.b5_2 = ResBlock(c(1024), c(512), c(1024), dilation=2, **bn)
-        self.b6 = BottleneckBlock(c(1024), c(2048), dilation=4, dropout=0.3, **bn)
-        self.b7 = BottleneckBlock(c(2048), c(4096), dilation=4, dropout=0.5, **bn)
+        self.b6 = BottleneckBlock(c(1024), c(2048), dilation=4, dropout=0.3 if dropout else 0.0, **bn)
+        self.b7 = BottleneckBlock(c(2048), c(4096), dilation=4, dropout=0.5 if dropout else 0.0, **bn)
         self.bn7 = _bn(c(4096), frozen_bn)
         self.channels = {'conv4': c(512), 'conv5': c(1024), 'conv6': c(4096)}
         if frozen_bn:   # ImageNet weights: the early units keep them, as in the reference

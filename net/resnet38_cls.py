@@ -18,11 +18,11 @@ class Net(ResNet38):
     """forward(x) -> (N, 20) logits; cam(x) -> (N, 20, h, w) ReLU'd class activation maps at stride 8."""
 
     def __init__(self, backbone: str = 'resnet38', pretrained: str = 'imagenet', load_weights: bool = True,
-                 width: float = 1.0):
+                 width: float = 1.0, dropout: bool = True):
         check_width(pretrained, width)
         frozen = pretrained != 'none'
-        super().__init__(width=width, frozen_bn=frozen)
-        self.dropout7 = nn.Dropout2d(0.5)
+        super().__init__(width=width, frozen_bn=frozen, dropout=dropout)
+        self.dropout7 = nn.Dropout2d(0.5 if dropout else 0.0)
         self.fc8 = nn.Conv2d(self.channels['conv6'], N_CAT, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
         if load_weights and frozen:
@@ -54,5 +54,6 @@ class Net(ResNet38):
 
 
 def build(cfg, load_weights: bool = True) -> Net:
-    """The CAM network of a Config (`pretrained`, `backbone_width`)."""
-    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=getattr(cfg, 'backbone_width', 1.0))
+    """The CAM network of a Config (`pretrained`, `backbone_width`, `cam_dropout`)."""
+    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=getattr(cfg, 'backbone_width', 1.0),
+               dropout=getattr(cfg, 'cam_dropout', True))

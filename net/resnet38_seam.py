@@ -58,12 +58,12 @@ class Net(ResNet38):
     """SEAM: (N, 3, H, W) -> (cam logits, cam_rv), each (N, 21, H, W)."""
 
     def __init__(self, backbone: str = 'resnet38', pretrained: str = 'imagenet', load_weights: bool = True,
-                 width: float = 1.0):
+                 width: float = 1.0, dropout: bool = True):
         check_width(pretrained, width)
         frozen = pretrained != 'none'          # ImageNet weights: frozen BN, conv1a/b2* frozen (net.resnet38)
-        super().__init__(width=width, frozen_bn=frozen)
+        super().__init__(width=width, frozen_bn=frozen, dropout=dropout)
         channels = self.channels
-        self.dropout7 = nn.Dropout2d(0.5)
+        self.dropout7 = nn.Dropout2d(0.5 if dropout else 0.0)
         self.fc8 = nn.Conv2d(channels['conv6'], N_SCORES, 1, bias=False)
         self.f8_3 = nn.Conv2d(channels['conv4'], 64, 1, bias=False)
         self.f8_4 = nn.Conv2d(channels['conv5'], 128, 1, bias=False)
@@ -104,5 +104,6 @@ class Net(ResNet38):
 
 
 def build(cfg, load_weights: bool = True) -> Net:
-    """The SEAM network of a Config (`pretrained`, `backbone_width`)."""
-    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=cfg.backbone_width)
+    """The SEAM network of a Config (`pretrained`, `backbone_width`, `cam_dropout`)."""
+    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=cfg.backbone_width,
+               dropout=cfg.cam_dropout)

@@ -25,7 +25,7 @@ def SETTINGS(cfg: Config) -> tuple[str, ...]:
     """The fingerprinted settings; the CDA options matter to the CDA pass only."""
     own = ('cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
-           'cam_weight_decay', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'train_list')
+           'cam_weight_decay', 'cam_dropout', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'train_list')
     return own + ('cda_schedule', 'cda_variant', 'cda_min_visible', 'cda_paste_context') if cfg.stage == 'cda' else own
 
 

@@ -1,6 +1,7 @@
 """PSA CAM network, colour jitter, CAM fusion, and the mapping of the reference repositories' weights."""
 from __future__ import annotations
 
+import importlib
 import re
 
 import numpy as np
@@ -40,6 +41,26 @@ def test_cam_net_shapes_keys_and_groups():
     assert len(backbone) + 1 == len(list(net.parameters()))               # from scratch: BN affine learns too
     bound = np.sqrt(6 / (256 + 20))                                        # xavier_uniform_, gain 1
     assert net.fc8.weight.abs().max() <= bound and net.fc8.bias is None
+
+
+@pytest.mark.parametrize('module', ['net.resnet38_cls', 'net.resnet38_seam'])
+def test_cam_dropout_switch(module):
+    """--cam_dropout (default on, the reference's rates) drives every channel dropout of the ResNet-38 CAM
+    nets; off, a training-mode forward is deterministic and the weights are the same tensors by name."""
+    build = importlib.import_module(module).build
+    cfg = parse_config(['--method', 'affinitynet', '--profile', 'smoke'])
+    rates = lambda net: sorted(m.p for m in net.modules() if isinstance(m, torch.nn.Dropout2d))   # noqa: E731
+    assert cfg.cam_dropout and rates(build(cfg)) == [0.3, 0.3, 0.5, 0.5, 0.5]
+    off = parse_config(['--method', 'affinitynet', '--profile', 'smoke', '--no-cam_dropout'])
+    torch.manual_seed(0)
+    net = build(off).train()
+    assert rates(net) == [0.0] * 5
+    x = torch.rand(2, 3, 40, 40)
+    first, second = net(x), net(x)
+    for a, b in zip(first if isinstance(first, tuple) else (first,),
+                    second if isinstance(second, tuple) else (second,)):
+        assert torch.equal(a, b)
+    assert list(net.state_dict()) == list(build(cfg).state_dict())
 
 
 def test_cam_net_with_imagenet_layout_freezes_the_reference_layers():
