@@ -32,7 +32,9 @@ def SETTINGS(cfg: Config) -> tuple[str, ...]:
     """The fingerprinted settings; the CDA options matter to the CDA pass only."""
     own = ('backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_network', 'cam_crop_size',
            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
-           'cam_weight_decay', 'cam_dropout', 'seed', 'train_list', 'val_list')
+           'cam_weight_decay', 'seed', 'train_list', 'val_list')
+    if cfg.backbone == 'resnet38':          # only the ResNet-38 CAM nets have the dropout switch
+        own += ('cam_dropout',)
     return own + _CDA_SETTINGS if cfg.stage == 'cda' else own
 
 

@@ -164,3 +164,19 @@ def test_turning_the_coco_export_off_and_on_keeps_the_instance_masks(work_copy, 
     redone, total = _redone(before, after, 'ins_seg/')
     assert redone == 0 and total > 0
     assert json.loads(coco.read_text())['images']          # the export is written again from the same files
+
+
+def test_cam_dropout_is_fingerprinted_for_resnet38_cam_nets_only(tmp_path):
+    """Turning the ResNet-38 dropout off retrains that CAM network; IRNet's ResNet CAM nets have no such
+    switch, so its value does not enter (and existing IRNet work dirs are not redone)."""
+    import dataclasses
+    from misc import fingerprint
+    from misc.config import parse_config
+    from step import train_cam, train_seam
+    for method, module in (('affinitynet', train_cam), ('seam', train_seam)):
+        cfg = parse_config(['--method', method, '--work_dir', str(tmp_path / method)])
+        on = fingerprint.compute(dataclasses.replace(cfg, cam_dropout=True), 'train_cam', module)
+        off = fingerprint.compute(dataclasses.replace(cfg, cam_dropout=False), 'train_cam', module)
+        assert fingerprint.changes(on, off) == ['--cam_dropout True -> False']
+    irn = parse_config(['--work_dir', str(tmp_path / 'irn')])
+    assert 'cam_dropout' not in fingerprint.compute(irn, 'train_cam', train_cam)['settings']
