@@ -18,7 +18,7 @@ the train list. Printed and written (<out>/results.md, results.json, after every
 the arms' means, and the paired differences arm - baseline and foreign - usual with mean, standard
 deviation and 95% Student-t interval over the seeds.
 
-Sizing. The full run is the demo profile itself (400 train / 100 shift images of 128 px, 8 CAM
+Sizing. The full run is the demo profile itself (300 train / 100 shift images of 128 px, 8 CAM
 epochs, 4 IRN epochs), the run a user sees, and 8 seeds: with paired differences the interval's
 half-width is t(n-1) * sd / sqrt(n), 0.84 sd at 8 seeds against 1.24 sd at 5, so a 2-point difference
 is resolved when the paired spread stays under about 2.4 points; results.md prints the half-width each

@@ -269,7 +269,7 @@ METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # ResNet-38 at 1/8 width from scratch (trainable BN) on the synthetic data, as the affinitynet demo (no
         # jitter, no dropout, lr 0.3: CAM mIoU 13.6 -> 26.8 on seed 0, one GPU run each). At these sizes a step
         # costs per-layer overhead more than FLOPs: a SEAM step (two branches) costs about 2.3 ResNet-18 demo
-        # steps, so 6 epochs keep both passes (the CDA pass takes twice the baseline's steps) near 11 minutes
+        # steps, so 6 epochs (both passes: 16.5 min on one thread, README)
         'demo': dict(backbone='resnet38', backbone_width=0.125, pretrained='none', synthetic_n_train=400,
                      cam_crop_size=96, cam_resize_long=(96, 160), cam_batch_size=16, cam_num_epoches=6,
                      cam_learning_rate=0.3, cam_color_jitter=(0.0, 0.0, 0.0, 0.0), cam_dropout=False,
@@ -373,11 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--cam_scales', type=positive_float, nargs='+')
     g.add_argument('--cam_color_jitter', type=float, nargs=4, metavar=('BRIGHTNESS', 'CONTRAST', 'SATURATION',
                    'HUE'), help='colour jitter of CAM training (PSA/SEAM 0.3 0.3 0.3 0.1; 0 0 0 0 = off)')
-
-    g = p.add_argument_group('IR labels and IRN')
     g.add_argument('--cam_dropout', action=_BoolFlag,
                    help='ResNet-38 CAM networks: the reference\'s channel dropout (b6 0.3, b7 and before the '
                         'classifier 0.5); off in the from-scratch demos')
+
+    g = p.add_argument_group('IR labels and IRN')
     g.add_argument('--conf_fg_thres', type=unit_float)
     g.add_argument('--conf_bg_thres', type=unit_float)
     g.add_argument('--irn_network', type=str)

@@ -2,7 +2,8 @@
 
 Heads on the shared ResNet-38 (`net.resnet38`), all 1x1 and bias-free, as the reference's
 `network/resnet38_SEAM.py`:
-  fc8   conv6 (4096) -> 21 after Dropout2d(0.5); channel 0 (background) is trained by nothing and unused
+  fc8   conv6 (4096) -> 21 after Dropout2d(0.5) (0 with --no-cam_dropout); channel 0 (background) is
+        trained by nothing and unused
   f8_3  conv4 (512) -> 64, ReLU;  f8_4  conv5 (1024) -> 128, ReLU        (PCM features)
   f9    3 + 64 + 128 = 195 -> 192, no activation                        (PCM embedding)
 
