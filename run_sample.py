@@ -1,4 +1,4 @@
-"""Run the IRNet (+ CDA) pipeline: each step switchable from the command line.
+"""Run the pipeline of a method (IRNet, AffinityNet, SEAM; + CDA): each step switchable from the command line.
 
     python run_sample.py                          # demo: synthetic VOC-format data, baseline + CDA, CPU
     python run_sample.py --voc12_root VOC2012     # the paper's baseline on PASCAL VOC 2012
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from misc.config import Config, parse_config, with_stage
+from misc.config import Config, with_stage
 from misc.imutils import BadInputError, atomic_path
-from step.registry import module_for
+from step.registry import module_for, parse_config
 
 logger = logging.getLogger('run_sample')
 
@@ -88,8 +88,9 @@ def check_work_dir(work_dir: Path) -> None:
 
 
 def run_pipeline(cfg: Config) -> dict:
-    from misc import fingerprint, torchutils
-    from misc.report import write_summary, write_report
+    from misc import torchutils
+    from step import pipeline
+    from step.report import write_summary, write_report
     results = {}
     for step in cfg.steps:
         module_name, step_cfg = step_config(cfg, step)
@@ -98,7 +99,7 @@ def run_pipeline(cfg: Config) -> dict:
             continue
         logger.info('== %s', step)
         start = time.perf_counter()
-        results[step] = fingerprint.run_step(step_cfg, step.removeprefix('cda_'), label=step)
+        results[step] = pipeline.run_step(step_cfg, step.removeprefix('cda_'), label=step)
         elapsed = time.perf_counter() - start
         timing = {'seconds': round(elapsed, 2)}
         results[step] = dict(results[step] or {}, **timing) if isinstance(results[step], dict) else timing

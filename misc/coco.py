@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from misc import imutils
-from voc12.classes import CAT_LIST
+from misc.dataset import DatasetInfo
 
 
-def categories() -> list[dict]:
-    return [{'id': i + 1, 'name': name, 'supercategory': 'voc'} for i, name in enumerate(CAT_LIST)]
+def categories(dataset: DatasetInfo) -> list[dict]:
+    return [{'id': i + 1, 'name': name, 'supercategory': dataset.name} for i, name in enumerate(dataset.class_names)]
 
 
 def encode_masks(masks: np.ndarray) -> list[dict]:
@@ -50,7 +50,7 @@ def annotations_of(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, i
     return out
 
 
-def export(ids: Sequence[str], read: Callable[[str], dict], min_score: float = 0.0) -> dict:
+def export(ids: Sequence[str], read: Callable[[str], dict], dataset: DatasetInfo, min_score: float = 0.0) -> dict:
     """The COCO payload of the images `ids`; `read(id)` gives {'masks' (R, H, W), 'classes' (R,) class
     indices 0..19, 'scores' (R,)}. Instances scoring `min_score` or less are left out (the default drops
     the pieces under 1% of the image, which the instance step scores 0)."""
@@ -62,7 +62,7 @@ def export(ids: Sequence[str], read: Callable[[str], dict], min_score: float = 0
         annotations += annotations_of(found['masks'], found['classes'], found['scores'], number,
                                       len(annotations) + 1, min_score)
     return {'info': {'description': 'instance pseudo masks (IRNet)'}, 'licenses': [],
-            'images': images, 'annotations': annotations, 'categories': categories()}
+            'images': images, 'annotations': annotations, 'categories': categories(dataset)}
 
 
 def write(path: Path, payload: dict) -> None:

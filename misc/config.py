@@ -11,14 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-# Steps of one pass, in the order they run. The CDA pass repeats them from its own CAM network.
-PASS_STEPS = ('train_cam', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
-              'make_ins_seg', 'eval_ins_seg')
-CDA_STEPS = ('make_object_bank',) + tuple(f'cda_{s}' for s in PASS_STEPS)
-ALL_STEPS = PASS_STEPS + CDA_STEPS
-
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 def str2bool(value: str | bool) -> bool:
     if isinstance(value, bool):
@@ -70,7 +63,7 @@ class Config:
     infer_list: Optional[str] = None           # None: Segmentation train
     chainer_eval_set: str = 'train'            # the evaluation split (the reference's flag name)
     stage: str = ''                            # '' for the baseline pass, 'cda' for the CDA pass
-    method: str = 'irn'                        # irn | affinitynet | seam: which steps fill the slots
+    method: str = 'irn'                        # a methods/ module (step/registry.py): which steps fill the slots
     # ---- run control
     profile: str = 'paper'
     device: str = 'auto'
@@ -87,7 +80,7 @@ class Config:
     backbone_width: float = 1.0                # ResNet-38 channel factor; below 1 only from scratch (CPU demo)
     # ---- trained weights of a reference implementation: the slot's training is skipped, these are used
     cam_weights: Optional[Path] = None         # e.g. irn res50_cam.pth, psa res38_cls.pth (net/weights.py)
-    irn_weights: Optional[Path] = None         # the relation network: irn res50_irn.pth, psa res38_aff.pth
+    relation_weights: Optional[Path] = None    # the relation network: irn res50_irn.pth, psa res38_aff.pth
     # ---- CAM
     cam_network: str = 'net.resnet50_cam'
     cam_crop_size: int = 512
@@ -150,8 +143,8 @@ class Config:
     synthetic_n_shift: int = 0                 # context-shift split: every object outside its usual scene
     synthetic_size: int = 128
     context_bias: float = 0.85
-    # ---- which steps run
-    steps: tuple[str, ...] = PASS_STEPS
+    # ---- which steps run (names of step/registry.py; empty: none)
+    steps: tuple[str, ...] = ()
 
     @property
     def out_dir(self) -> Path:
@@ -163,8 +156,9 @@ class Config:
         return self.out_dir / 'cam'
 
     @property
-    def ir_label_dir(self) -> Path:
-        return self.out_dir / 'ir_label'
+    def relation_label_dir(self) -> Path:
+        """make_relation_labels' label maps (IRNet's IR labels, AffinityNet's la/ha rule)."""
+        return self.out_dir / 'relation_label'
 
     @property
     def sem_seg_dir(self) -> Path:
@@ -225,68 +219,31 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-# Per-method settings, applied over PROFILES[profile]: METHOD_PROFILES[method]['paper'] holds the
-# method's published settings (used by every profile unless the method's own profile entry overrides
-# them), METHOD_PROFILES[method][profile] its demo/smoke sizes. Explicit flags override both.
-METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    'irn': {},
-    'affinitynet': {
-        'paper': dict(backbone='resnet38', cam_network='net.resnet38_cls', cam_crop_size=448,
-                      cam_resize_long=(256, 512), cam_batch_size=16, cam_num_epoches=15, cam_learning_rate=0.1,
-                      cam_weight_decay=5e-4, cam_scales=(1.0, 0.5, 1.5, 2.0), cam_eval_thres=0.2,
-                      cam_color_jitter=(0.3, 0.3, 0.3, 0.1),
-                      crf_la_alpha=4.0, crf_ha_alpha=32.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
-                      aff_learning_rate=0.1, aff_weight_decay=5e-4, rw_alpha=16.0, beta=8, exp_times=8),
-        # ResNet-38 at 1/8 width from scratch (trainable BN) on the synthetic data, 400 train images. A training
-        # step costs about 1.6x ResNet-18's at crop 96 (output stride 8, full-resolution early units), hence 8
-        # epochs, not 12. No colour jitter (the synthetic classes differ by colour: a hue shift relabels them),
-        # no channel dropout (at 1/8 width it drops most of conv6's few channels) and lr 0.3: CAM mIoU 7.5 with
-        # the reference's jitter, dropout and lr 0.1, 37.6 with neither and lr 0.3 (seed 0, one GPU run each;
-        # README "The ResNet-38 demos")
-        'demo': dict(backbone='resnet38', backbone_width=0.125, pretrained='none', synthetic_n_train=400,
-                     cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=16, cam_num_epoches=8,
-                     cam_learning_rate=0.3, cam_color_jitter=(0.0, 0.0, 0.0, 0.0), cam_dropout=False,
-                     cam_weight_decay=1e-4, cam_scales=(1.0, 0.5, 1.5), cam_eval_thres=0.3,
-                     aff_crop_size=96, aff_batch_size=8, aff_num_epoches=2,
-                     # 16 x 16 maps at stride 8, from-scratch affinities: every doubling of the walk's steps
-                     # lowers mIoU, and the reference's background power 16 marks most of the scene as object.
-                     # Chosen on seed 1 (masks, rw_alpha 2-32 x 2^2-2^4 steps): 4 and 2^2 (35.9 against 32.5
-                     # at 16 and 2^3; its CAMs 36.8: here the walk does not beat them)
-                     rw_alpha=4.0, exp_times=2),
-        'smoke': dict(backbone='resnet38', backbone_width=0.0625, pretrained='none', cam_crop_size=64,
-                      cam_resize_long=(48, 80), cam_batch_size=8, cam_num_epoches=1, cam_scales=(1.0, 0.5),
-                      cam_eval_thres=0.5, aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
-    },
-    'seam': {
-        # YudeWang/SEAM train_SEAM.py / infer_SEAM.py / README: CAM training, scales 0.5-2, eval background
-        # 0.26, CRF labels at alpha 4 / 24, AffinityNet lr 0.01, walk alpha 6, beta 8, 2^6 steps
-        'paper': dict(backbone='resnet38', cam_network='net.resnet38_seam', cam_crop_size=448,
-                      cam_resize_long=(448, 768), cam_batch_size=8, cam_num_epoches=8, cam_learning_rate=0.01,
-                      cam_weight_decay=5e-4, cam_scales=(0.5, 1.0, 1.5, 2.0), cam_eval_thres=0.26,
-                      cam_color_jitter=(0.3, 0.3, 0.3, 0.1),
-                      crf_la_alpha=4.0, crf_ha_alpha=24.0, aff_crop_size=448, aff_batch_size=8, aff_num_epoches=8,
-                      aff_learning_rate=0.01, aff_weight_decay=5e-4, rw_alpha=6.0, beta=8, exp_times=6),
-        # ResNet-38 at 1/8 width from scratch (trainable BN) on the synthetic data, as the affinitynet demo (no
-        # jitter, no dropout, lr 0.3: CAM mIoU 13.6 -> 26.8 on seed 0, one GPU run each). At these sizes a step
-        # costs per-layer overhead more than FLOPs: a SEAM step (two branches) costs about 2.3 ResNet-18 demo
-        # steps, so 6 epochs (both passes: 16.5 min on one thread, README)
-        'demo': dict(backbone='resnet38', backbone_width=0.125, pretrained='none', synthetic_n_train=400,
-                     cam_crop_size=96, cam_resize_long=(96, 160), cam_batch_size=16, cam_num_epoches=6,
-                     cam_learning_rate=0.3, cam_color_jitter=(0.0, 0.0, 0.0, 0.0), cam_dropout=False,
-                     cam_weight_decay=1e-4, cam_scales=(0.5, 1.0, 1.5), cam_eval_thres=0.26,
-                     aff_crop_size=128, aff_batch_size=16, aff_num_epoches=4,
-                     # chosen on seed 1 as the affinitynet demo's: 2 and 2^2 (23.6; CAMs 23.0)
-                     rw_alpha=2.0, exp_times=2),
-        'smoke': dict(backbone='resnet38', backbone_width=0.0625, pretrained='none', cam_crop_size=48,
-                      cam_resize_long=(48, 80), cam_batch_size=4, cam_num_epoches=1, cam_scales=(1.0, 0.5),
-                      aff_crop_size=72, aff_batch_size=8, aff_num_epoches=1),
-    },
-}
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the command line needs of a method (its module under methods/, handed in by step.registry)."""
+    name: str
+    help: str
+    profiles: Mapping[str, Mapping[str, Any]]      # 'paper' and per-profile settings over PROFILES
+    validate: Callable[['Config'], list[str]]      # its own checks, after the shared ones
 
 
-def profile_values(method: str, profile: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Catalog:
+    """The steps and methods the parser offers (step.registry.catalog() builds it)."""
+    pass_steps: tuple[str, ...]                    # one pass's slots, in order
+    cda_steps: tuple[str, ...]                     # the object bank, then cda_<slot> for each slot
+    step_aliases: Mapping[str, str]                # the reference's names -> slot names
+    methods: Mapping[str, MethodSpec]
+
+    @property
+    def all_steps(self) -> tuple[str, ...]:
+        return self.pass_steps + self.cda_steps
+
+
+def profile_values(method: MethodSpec, profile: str) -> dict[str, Any]:
     """The defaults of a (method, profile) pair, before explicit flags."""
-    own = METHOD_PROFILES[method]
+    own = method.profiles
     return {**own.get('paper', {}), **PROFILES[profile], **own.get(profile, {})}
 
 
@@ -312,7 +269,7 @@ class _BoolFlag(argparse.Action):
             setattr(namespace, self.dest, True if values is None else str2bool(values))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='run_sample.py', argument_default=argparse.SUPPRESS,
         description='IRNet + Context Decoupling Augmentation: weakly supervised semantic segmentation '
@@ -355,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
                    'CPU demo); below 1 needs --pretrained none')
     g.add_argument('--cam_weights', type=Path, help='trained CAM network of a reference implementation (irn '
                    'res50_cam.pth, psa res38_cls.pth, the CDA release): train_cam is skipped, these are used')
-    g.add_argument('--irn_weights', type=Path, help='trained relation network (irn res50_irn.pth, psa '
-                   'res38_aff.pth): its training step is skipped, these are used')
-    g.add_argument('--method', choices=tuple(METHOD_PROFILES), help='irn (default, ResNet-50), affinitynet '
-                   '(PSA, ResNet-38) or seam (ResNet-38): which steps fill the pipeline, with their paper settings')
-    g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(ALL_STEPS)}')
+    g.add_argument('--relation_weights', '--irn_weights', dest='relation_weights', type=Path,
+                   help='trained relation network (irn res50_irn.pth, psa res38_aff.pth): train_relation is '
+                   'skipped, these are used (--irn_weights: the reference\'s name)')
+    g.add_argument('--method', choices=tuple(catalog.methods), help=', '.join(m.help for m in
+                   catalog.methods.values()) + ': which steps fill the pipeline, with their paper settings')
+    g.add_argument('--steps', type=str, help=f'comma-separated steps to run; known: {",".join(catalog.all_steps)} '
+                   f'(and the reference\'s names {",".join(catalog.step_aliases)})')
 
     g = p.add_argument_group('CAM')
     g.add_argument('--cam_network', type=str)
@@ -440,20 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--synthetic_size', '--image_size', type=positive_int)
     g.add_argument('--context_bias', type=unit_float)
 
-    g = p.add_argument_group('step switches (true/false, or --no-...)')
-    for step in ALL_STEPS:
-        g.add_argument(f'--{step}_pass', action=_BoolFlag, dest=f'{step}_pass')
+    g = p.add_argument_group('step switches (true/false, or --no-...; the reference\'s names are aliases)')
+    aliases_of: dict[str, list[str]] = {}
+    for old, new in catalog.step_aliases.items():
+        aliases_of.setdefault(new, []).append(old)
+    for step in catalog.all_steps:
+        names = [f'--{step}_pass'] + [f'--{old}_pass' for old in aliases_of.get(step, ())]
+        g.add_argument(*names, action=_BoolFlag, dest=f'{step}_pass')
     return p
 
 
-def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
-    """Parse flags into a Config; raise SystemExit (argparse) with one line for bad values."""
-    parser = build_parser()
+def parse_config(argv: Optional[Sequence[str]], catalog: Catalog) -> Config:
+    """Parse flags into a Config, with the steps and methods of `catalog` (step.registry.parse_config passes
+    the registry's); raise SystemExit (argparse) with one line for bad values."""
+    parser = build_parser(catalog)
     explicit = vars(parser.parse_args(argv))
     default_profile = 'paper' if explicit.get('voc12_root') is not None else 'demo'
     profile = explicit.get('profile', default_profile)
     method = explicit.get('method', 'irn')
-    values: dict[str, Any] = profile_values(method, profile)
+    values: dict[str, Any] = profile_values(catalog.methods[method], profile)
     values['profile'] = profile
 
     switches = {k[:-len('_pass')]: v for k, v in explicit.items() if k.endswith('_pass')}
@@ -465,71 +429,52 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
             continue
         values[key] = tuple(value) if isinstance(value, list) else value
 
+    all_steps = catalog.all_steps
     if steps_arg is not None:
-        steps = [s.strip() for s in steps_arg.split(',') if s.strip()]
-        unknown = [s for s in steps if s not in ALL_STEPS]
+        steps = [catalog.step_aliases.get(s.strip(), s.strip()) for s in steps_arg.split(',') if s.strip()]
+        unknown = [s for s in steps if s not in all_steps]
         if unknown:
-            parser.error(f'unknown step(s) {",".join(unknown)}; known: {",".join(ALL_STEPS)}')
+            parser.error(f'unknown step(s) {",".join(unknown)}; known: {",".join(all_steps)}')
     elif cda_only:
-        steps = list(CDA_STEPS)
+        steps = list(catalog.cda_steps)
     elif cda or (profile == 'demo' and explicit_cda is None):
-        steps = list(ALL_STEPS)             # the demo shows baseline and CDA unless told otherwise
+        steps = list(all_steps)             # the demo shows baseline and CDA unless told otherwise
     else:
-        steps = list(PASS_STEPS)
+        steps = list(catalog.pass_steps)
     for step, on in switches.items():
         if on and step not in steps:
             steps.append(step)
         if not on and step in steps:
             steps.remove(step)
-    values['steps'] = tuple(s for s in ALL_STEPS if s in steps)
+    values['steps'] = tuple(s for s in all_steps if s in steps)
 
     cfg = Config(**values)
-    problems = validate(cfg)
+    problems = validate(cfg) + catalog.methods[cfg.method].validate(cfg)
     if problems:
         parser.error(problems[0])
     return cfg
 
 
 def validate(cfg: Config) -> list[str]:
-    """Values that parse but cannot work together; each a one-line message naming the flag."""
+    """Values that parse but cannot work together, for every method (each method's own checks are its
+    `validate`); each a one-line message naming the flag."""
     problems = []
-    if cfg.conf_bg_thres > cfg.conf_fg_thres:
-        problems.append(f'--conf_bg_thres {cfg.conf_bg_thres} is above --conf_fg_thres {cfg.conf_fg_thres}; '
-                        'the background threshold must be the lower one')
     if cfg.cda_min_fg_ratio > cfg.cda_max_fg_ratio:
         problems.append('--cda_min_fg_ratio is above --cda_max_fg_ratio')
     if any(s.startswith('cda_train_cam') for s in cfg.steps) and cfg.cam_batch_size < 2:
         problems.append(f'--cam_batch_size {cfg.cam_batch_size} is too small for CDA: each batch holds '
                         'B/2 images and their B/2 pasted versions, so use 2 or more')
-    if cfg.irn_crop_size < 80:
-        problems.append(f'--irn_crop_size {cfg.irn_crop_size} is too small: IRN learns from pixel pairs up to '
-                        '10 apart at stride 4, which needs a crop of at least 80')
-    if cfg.method in ('affinitynet', 'seam') and (cfg.aff_crop_size % 8 or cfg.aff_crop_size < 72):
-        problems.append(f'--aff_crop_size {cfg.aff_crop_size}: must be a multiple of 8 and at least 72, since '
-                        'AffinityNet learns from pixel pairs up to 4 apart at stride 8 (9 feature columns)')
-    if cfg.crf_la_alpha > cfg.crf_ha_alpha:
-        problems.append(f'--crf_la_alpha {cfg.crf_la_alpha} is above --crf_ha_alpha {cfg.crf_ha_alpha}; the '
-                        'low-alpha (confident foreground) labels must use the lower power')
     if cfg.cam_resize_long[0] > cfg.cam_resize_long[1]:
         problems.append('--cam_resize_long: the first value (min) is above the second (max)')
-    if cfg.irn_backbone_lr_mult < 0 or (cfg.irn_backbone_lr_mult > 0 and cfg.pretrained != 'none'):
-        problems.append(f'--irn_backbone_lr_mult {cfg.irn_backbone_lr_mult}: must be 0 or more, and above 0 only '
-                        'with --pretrained none (with ImageNet weights the IRN backbone stays frozen, as the '
-                        'reference)')
-    if cfg.irn_rescale[0] > cfg.irn_rescale[1]:
-        problems.append('--irn_rescale: the first value (min) is above the second (max)')
-    resnet38 = cfg.method in ('affinitynet', 'seam')
+    resnet38 = cfg.backbone == 'resnet38'
     if cfg.pretrained not in ('imagenet', 'none') and not Path(cfg.pretrained).is_file():
         what = ('ResNet-38 ImageNet weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params or the converted .pth)'
                 if resnet38 else 'a torchvision ResNet state dict')
         problems.append(f'--pretrained {cfg.pretrained}: no such file; give imagenet, none, or the path of {what}')
-    if (cfg.method == 'irn') == (cfg.backbone == 'resnet38') and cfg.method in ('irn', 'affinitynet'):
-        problems.append(f'--backbone {cfg.backbone} does not fit --method {cfg.method}: affinitynet and seam use '
-                        'resnet38, irn resnet50 or resnet18')
     if not 0 < cfg.backbone_width <= 1 or (cfg.backbone_width != 1 and cfg.pretrained != 'none'):
         problems.append(f'--backbone_width {cfg.backbone_width}: must be in (0, 1], and below 1 only with '
                         '--pretrained none (ImageNet weights exist at full width only)')
-    for flag in ('cam_weights', 'irn_weights'):
+    for flag in ('cam_weights', 'relation_weights'):
         path = getattr(cfg, flag)
         if path is not None and not Path(path).is_file():
             problems.append(f'--{flag} {path}: no such file')
@@ -542,11 +487,6 @@ def validate(cfg: Config) -> list[str]:
         import torch
         if not torch.cuda.is_available():
             problems.append('--device cuda: no CUDA GPU is visible; use --device cpu (or auto)')
-    if cfg.method == 'seam' and int(cfg.cam_crop_size * cfg.seam_scale) < 8:
-        problems.append(f'--seam_scale {cfg.seam_scale} with --cam_crop_size {cfg.cam_crop_size}: the second '
-                        'branch\'s crop must keep at least 8 pixels (one feature at stride 8); raise either')
-    if cfg.method == 'seam' and cfg.seam_ecr_ratio <= 0:
-        problems.append('--seam_ecr_ratio must be above 0 (the share of entries ECR averages)')
     return problems
 
 
@@ -554,18 +494,23 @@ def with_stage(cfg: Config, stage: str) -> Config:
     return dataclasses.replace(cfg, stage=stage)
 
 
+# Fields renamed since a config.json may have been written: old name -> new name.
+RENAMED_FIELDS = {'irn_weights': 'relation_weights'}
+
+
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from `config.json` (tuples and paths restored)."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
     out = {}
     for key, value in values.items():
+        key = RENAMED_FIELDS.get(key, key)
         if key not in fields:
             continue
         default = getattr(Config(), key)
         if isinstance(value, list):
             value = tuple(value)
         elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
-                                                  'irn_weights'):
+                                                  'relation_weights'):
             value = Path(value) if value is not None else None
         out[key] = value
     return Config(**out)

@@ -75,15 +75,17 @@ def cam_to_ir_label(img, cams, keys, conf_fg_thres: float = 0.30, conf_bg_thres:
 
 
 def label_one_image(job: tuple) -> str:
-    """Worker: read the image and its CAMs, write the IR label PNG; returns the image id."""
-    image_id, image_path, cam_path, out_path, fg, bg = job
+    """Worker: read the image and its CAMs, write the IR label PNG (with the palette that may follow the
+    thresholds in `job`); returns the image id."""
+    image_id, image_path, cam_path, out_path, fg, bg = job[:6]
+    palette = job[6] if len(job) > 6 else None
     img = imutils.read_rgb(image_path)
     with np.load(cam_path) as cam:
         high_res, keys = cam['high_res'], cam['keys']
     if high_res.shape[1:] != img.shape[:2]:
         raise imutils.BadInputError(f'{cam_path}: CAM is {high_res.shape[1:]} but {image_path} is '
                                     f'{img.shape[:2]}; rerun make_cam with --overwrite')
-    imutils.save_label_png(out_path, cam_to_ir_label(img, high_res, keys, fg, bg))
+    imutils.save_label_png(out_path, cam_to_ir_label(img, high_res, keys, fg, bg), palette)
     return image_id
 
 
@@ -114,9 +116,11 @@ def confident_pixel_label(la: np.ndarray, ha: np.ndarray, keys: np.ndarray) -> n
 
 def crf_labels_one_image(job: tuple) -> str:
     """Worker of step/make_crf_labels.py: read the image and its CAMs, write the la/ha maps (and, when a
-    path is given, the full-resolution confident label PNG); returns the image id."""
+    path is given, the full-resolution confident label PNG, with the palette that may follow it); returns the
+    image id."""
     image_id, image_path, cam_path, out_path, la_alpha, ha_alpha = job[:6]
     label_path = job[6] if len(job) > 6 else None
+    palette = job[7] if len(job) > 7 else None
     img = imutils.read_rgb(image_path)
     with np.load(cam_path) as cam:
         high_res, keys = cam['high_res'].astype(np.float32), cam['keys']
@@ -125,6 +129,6 @@ def crf_labels_one_image(job: tuple) -> str:
                                     f'{img.shape[:2]}; rerun make_cam with --overwrite')
     la, ha = alpha_crf_marginals(img, high_res, la_alpha), alpha_crf_marginals(img, high_res, ha_alpha)
     if label_path is not None:
-        imutils.save_label_png(label_path, confident_pixel_label(la, ha, keys))
+        imutils.save_label_png(label_path, confident_pixel_label(la, ha, keys), palette)
     save_crf_maps(out_path, keys, la, ha)
     return image_id

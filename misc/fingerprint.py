@@ -4,22 +4,21 @@ Each step's record lives next to its pass's outputs (`<out_dir>/fingerprints/<st
 step runs, its fingerprint is computed and compared with the record: the same fingerprint resumes (the
 step skips finished work as always); a different one removes the step's outputs first, logs which
 settings changed, and the step then redoes everything. A step's fingerprint includes those of its
-upstream steps, so the steps after a changed one redo theirs as well.
+upstream steps, so the steps after a changed one redo theirs as well. Which steps those are, the caller
+says (step.pipeline, from each step's declared `reads`).
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from misc import torchutils
 from misc.config import Config, with_stage
 from misc.imutils import atomic_path
-from step import registry
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def folder_signature(folder: Path, suffix: str = '.png') -> dict:
 
 
 # Settings that name a weights file: a step that depends on one also depends on the file's contents.
-WEIGHTS_SETTINGS = ('pretrained', 'cam_weights', 'irn_weights')
+WEIGHTS_SETTINGS = ('pretrained', 'cam_weights', 'relation_weights')
 
 
 def weights_inputs(cfg: Config, names) -> dict:
@@ -75,17 +74,17 @@ def weights_inputs(cfg: Config, names) -> dict:
 
 
 def settings_of(module, cfg: Config) -> tuple[str, ...]:
-    declared = module.SETTINGS(cfg) if callable(module.SETTINGS) else module.SETTINGS
-    return COMMON_SETTINGS + tuple(declared)
+    return COMMON_SETTINGS + tuple(module.settings(cfg))
 
 
-def compute(cfg: Config, step: str, module) -> dict:
-    """{'settings', 'inputs', 'upstream', 'digest'} of a step (`step` without the `cda_` prefix)."""
+def compute(cfg: Config, step: str, module, upstream_steps: Sequence[tuple[str, str]]) -> dict:
+    """{'settings', 'inputs', 'upstream', 'digest'} of a step (`step` without the `cda_` prefix) whose
+    outputs depend on those of `upstream_steps`, (step, stage) pairs."""
     settings = {name: _encode(getattr(cfg, name)) for name in settings_of(module, cfg)}
     inputs = weights_inputs(cfg, settings)
     inputs.update(module.extra_inputs(cfg) if hasattr(module, 'extra_inputs') else {})
     upstream = {}
-    for name, stage in registry.upstream_of(step, cfg.stage, cfg.cda_bank_source is not None):
+    for name, stage in upstream_steps:
         record = read_record(with_stage(cfg, stage), name)
         upstream[f'{stage}/{name}' if stage else name] = record['digest'] if record else None
     body = {'settings': settings, 'inputs': inputs, 'upstream': upstream}
@@ -122,11 +121,12 @@ def _write(cfg: Config, step: str, record: dict) -> None:
         tmp.write_text(json.dumps(record, indent=1))
 
 
-def prepare(cfg: Config, step: str, module, label: Optional[str] = None) -> dict:
+def prepare(cfg: Config, step: str, module, upstream_steps: Sequence[tuple[str, str]],
+            label: Optional[str] = None) -> dict:
     """Compare the step's fingerprint with its record; on a difference remove its outputs. Returns the
     new fingerprint (to be recorded by `finish`)."""
     label = label or step
-    new = compute(cfg, step, module)
+    new = compute(cfg, step, module, upstream_steps)
     if torchutils.is_main_process():
         old = read_record(cfg, step)
         outputs = [p for p in module.outputs(cfg) if p.exists()]
@@ -148,15 +148,3 @@ def prepare(cfg: Config, step: str, module, label: Optional[str] = None) -> dict
 def finish(cfg: Config, step: str, fingerprint: dict) -> None:
     if torchutils.is_main_process():
         _write(cfg, step, dict(fingerprint, state='done'))
-
-
-def run_step(cfg: Config, step: str, label: Optional[str] = None, **kwargs) -> Optional[dict]:
-    """Run a slot's module for cfg's method under its fingerprint; None if the method has no such step."""
-    module_name = registry.module_for(cfg.method, step)
-    if module_name is None:
-        return None
-    module = importlib.import_module(module_name)
-    fingerprint = prepare(cfg, step, module, label)
-    result = module.run(cfg, **kwargs)
-    finish(cfg, step, fingerprint)
-    return result

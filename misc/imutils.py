@@ -10,12 +10,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-
-from voc12.classes import voc_palette
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,11 +41,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
-    """Write an (H, W) uint8 label map as a PNG, with the VOC palette unless `palette` is False."""
-    image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode='L' if not palette else 'P')
-    if palette:
-        image.putpalette(voc_palette())
+def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: Optional[Sequence[int]] = None) -> None:
+    """Write an (H, W) uint8 label map as a PNG: a palette image with `palette` (flat [r, g, b, ...], e.g.
+    `DatasetInfo.palette`), grayscale without one. The stored values are the labels either way."""
+    image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode='L' if palette is None else 'P')
+    if palette is not None:
+        image.putpalette(list(palette))
     with atomic_path(path) as tmp:
         image.save(tmp, format='PNG')
 

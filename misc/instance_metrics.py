@@ -16,8 +16,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from voc12.classes import N_CAT
-
 
 def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
     """(A, H, W), (B, H, W) bool -> (A, B) intersection over union."""
@@ -47,8 +45,7 @@ class InstanceAP:
     (the VOC devkit's rule for semantic segmentation).
     """
 
-    def __init__(self, iou_thresholds: Sequence[float] = (0.5,), num_classes: int = N_CAT,
-                 ignore_void: bool = False):
+    def __init__(self, num_classes: int, iou_thresholds: Sequence[float] = (0.5,), ignore_void: bool = False):
         self.iou_thresholds = tuple(iou_thresholds)
         self.num_classes = num_classes
         self.ignore_void = ignore_void
@@ -106,10 +103,10 @@ class InstanceAP:
         return out
 
 
-def evaluate_instances(pred_masks, pred_classes, pred_scores, gt_masks, gt_classes, iou_thresh: float = 0.5,
-                       voids=None, ignore_void: bool = False) -> dict:
+def evaluate_instances(pred_masks, pred_classes, pred_scores, gt_masks, gt_classes, num_classes: int,
+                       iou_thresh: float = 0.5, voids=None, ignore_void: bool = False) -> dict:
     """Whole-dataset form (lists over images, like chainercv's function): {'ap', 'map'} at `iou_thresh`."""
-    ap = InstanceAP((iou_thresh,), ignore_void=ignore_void)
+    ap = InstanceAP(num_classes, (iou_thresh,), ignore_void=ignore_void)
     voids = voids if voids is not None else [None] * len(gt_masks)
     for args in zip(pred_masks, pred_classes, pred_scores, gt_masks, gt_classes, voids):
         ap.update(*args)

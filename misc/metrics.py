@@ -10,15 +10,15 @@ import torch
 
 from misc import imutils
 from misc.torchutils import all_reduce_sum
-from voc12.classes import CLASS_NAMES, IGNORE
 
-N_CLASSES = len(CLASS_NAMES)
+IGNORE = 255        # the usual void label (VOC's borders); a dataset description gives its own
 
 
 class ConfusionMatrix:
-    """Rows: ground truth, columns: prediction; `ignore` in the ground truth is skipped."""
+    """Rows: ground truth, columns: prediction; `ignore` in the ground truth is skipped. `num_classes`
+    counts the label values, background included (`DatasetInfo.num_labels`)."""
 
-    def __init__(self, num_classes: int = N_CLASSES, ignore: int = IGNORE):
+    def __init__(self, num_classes: int, ignore: int = IGNORE):
         self.num_classes = num_classes
         self.ignore = ignore
         self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -113,8 +113,9 @@ class ContextLeakage:
         return out
 
 
-def format_table(result: dict) -> str:
-    rows = [f'{name:>12s} {100 * iou:6.2f}' for name, iou in zip(CLASS_NAMES, result['iou'])]
+def format_table(result: dict, label_names: Sequence[str]) -> str:
+    """Per-class IoU rows named by `label_names` (background first), then the mIoU."""
+    rows = [f'{name:>12s} {100 * iou:6.2f}' for name, iou in zip(label_names, result['iou'])]
     return '\n'.join(rows + [f'{"mIoU":>12s} {100 * result["miou"]:6.2f}'])
 
 

@@ -22,6 +22,8 @@ import torch
 
 from misc.imutils import BadInputError
 
+# The ImageNet ResNet-38 ("model A1") file this reader exists for; net.resnet38 names it in its messages.
+PARAMS_FILE = 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params'
 LIST_MAGIC = 0x112
 V1_MAGIC, V2_MAGIC, V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 DTYPES = {0: np.float32, 1: np.float64, 2: np.float16, 3: np.uint8, 4: np.int32, 5: np.int8, 6: np.int64}
@@ -142,12 +144,7 @@ def resnet38_torch_name(name: str) -> str | None:
         return f'{block}.bn_{parts[1]}.{_BN_SUFFIX[parts[-1]]}'
     if head.startswith('bn') and parts[-1] in _BN_SUFFIX:     # the final BN after b7 (`bn7_*`)
         return f'bn7.{_BN_SUFFIX[parts[-1]]}'
-    raise BadInputError(f'MXNet tensor {name!r}: not a ResNet-38 "model A1" name; expected {_params_hint()}')
-
-
-def _params_hint() -> str:
-    from net.resnet38 import PARAMS_FILE
-    return PARAMS_FILE
+    raise BadInputError(f'MXNet tensor {name!r}: not a ResNet-38 "model A1" name; expected {PARAMS_FILE}')
 
 
 def resnet38_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

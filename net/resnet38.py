@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import torchvision
 
 from misc.imutils import BadInputError
-
-PARAMS_FILE = 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params'
+from misc.mxnet_params import PARAMS_FILE, load_resnet38_params
+from net.weights import read_state_dict
 WHERE_TO_GET = (f'get {PARAMS_FILE} from itijyou/ademxapp (the ImageNet "model A1"), or the converted ResNet-38 '
                 'weights linked from the PSA/SEAM READMEs, and pass --pretrained PATH')
 # the reference's freezing: these units keep their ImageNet weights
@@ -198,10 +198,8 @@ def load_backbone(model: ResNet38, state: Mapping[str, torch.Tensor], source: st
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a torch file (read with weights_only) or from the MXNet .params file
     (converted to the reference key names)."""
-    from net.weights import read_state_dict
     path = Path(path)
     if path.suffix == '.params':
-        from misc.mxnet_params import load_resnet38_params
         return load_resnet38_params(path)
     return read_state_dict(path, '--pretrained')
 

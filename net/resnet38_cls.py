@@ -1,5 +1,5 @@
 """PSA's CAM classifier: ResNet-38 (output stride 8), channel dropout 0.5 on conv6 in training, global
-average pooling, bias-free 1x1 convolution 4096 -> 20 (`fc8`, Xavier-uniform initialised).
+average pooling, bias-free 1x1 convolution 4096 -> num_classes (20 on VOC; `fc8`, Xavier-uniform initialised).
 
 The state dict has the keys of `psa/network/resnet38_cls.Net` (backbone keys, `fc8.weight`), so the
 reference's `res38_cls.pth` loads as it is (`--cam_weights`).
@@ -11,19 +11,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.resnet38 import ResNet38, check_width, load_pretrained
-from voc12.classes import N_CAT
 
 
 class Net(ResNet38):
-    """forward(x) -> (N, 20) logits; cam(x) -> (N, 20, h, w) ReLU'd class activation maps at stride 8."""
+    """forward(x) -> (N, num_classes) logits; cam(x) -> (N, num_classes, h, w) ReLU'd class activation maps at stride 8."""
 
     def __init__(self, backbone: str = 'resnet38', pretrained: str = 'imagenet', load_weights: bool = True,
-                 width: float = 1.0, dropout: bool = True):
+                 width: float = 1.0, dropout: bool = True, num_classes: int = 20):
         check_width(pretrained, width)
         frozen = pretrained != 'none'
         super().__init__(width=width, frozen_bn=frozen, dropout=dropout)
         self.dropout7 = nn.Dropout2d(0.5 if dropout else 0.0)
-        self.fc8 = nn.Conv2d(self.channels['conv6'], N_CAT, 1, bias=False)
+        self.fc8 = nn.Conv2d(self.channels['conv6'], num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
         if load_weights and frozen:
             load_pretrained(self, pretrained)
@@ -53,7 +52,7 @@ class Net(ResNet38):
         return backbone, [self.fc8.weight]
 
 
-def build(cfg, load_weights: bool = True) -> Net:
-    """The CAM network of a Config (`pretrained`, `backbone_width`, `cam_dropout`)."""
-    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=getattr(cfg, 'backbone_width', 1.0),
-               dropout=getattr(cfg, 'cam_dropout', True))
+def build(cfg, num_classes: int, load_weights: bool = True) -> Net:
+    """The CAM network of a Config (`pretrained`, `backbone_width`, `cam_dropout`) with `num_classes` outputs."""
+    return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=cfg.backbone_width,
+               dropout=cfg.cam_dropout, num_classes=num_classes)

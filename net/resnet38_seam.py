@@ -2,7 +2,7 @@
 
 Heads on the shared ResNet-38 (`net.resnet38`), all 1x1 and bias-free, as the reference's
 `network/resnet38_SEAM.py`:
-  fc8   conv6 (4096) -> 21 after Dropout2d(0.5) (0 with --no-cam_dropout); channel 0 (background) is
+  fc8   conv6 (4096) -> num_classes + 1 (21 on VOC) after Dropout2d(0.5) (0 with --no-cam_dropout); channel 0 (background) is
         trained by nothing and unused
   f8_3  conv4 (512) -> 64, ReLU;  f8_4  conv5 (1024) -> 128, ReLU        (PCM features)
   f9    3 + 64 + 128 = 195 -> 192, no activation                        (PCM embedding)
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from net.resnet38 import ResNet38, check_width, load_pretrained
 
-N_SCORES = 21      # background + the 20 VOC classes
 
 
 def pixel_correlation(cam: torch.Tensor, f: torch.Tensor, proj: nn.Module) -> torch.Tensor:
@@ -59,13 +58,13 @@ class Net(ResNet38):
     """SEAM: (N, 3, H, W) -> (cam logits, cam_rv), each (N, 21, H, W)."""
 
     def __init__(self, backbone: str = 'resnet38', pretrained: str = 'imagenet', load_weights: bool = True,
-                 width: float = 1.0, dropout: bool = True):
+                 width: float = 1.0, dropout: bool = True, num_classes: int = 20):
         check_width(pretrained, width)
         frozen = pretrained != 'none'          # ImageNet weights: frozen BN, conv1a/b2* frozen (net.resnet38)
         super().__init__(width=width, frozen_bn=frozen, dropout=dropout)
         channels = self.channels
         self.dropout7 = nn.Dropout2d(0.5 if dropout else 0.0)
-        self.fc8 = nn.Conv2d(channels['conv6'], N_SCORES, 1, bias=False)
+        self.fc8 = nn.Conv2d(channels['conv6'], num_classes + 1, 1, bias=False)   # + background
         self.f8_3 = nn.Conv2d(channels['conv4'], 64, 1, bias=False)
         self.f8_4 = nn.Conv2d(channels['conv5'], 128, 1, bias=False)
         self.f9 = nn.Conv2d(3 + 64 + 128, 192, 1, bias=False)
@@ -104,7 +103,8 @@ class Net(ResNet38):
         return backbone, head
 
 
-def build(cfg, load_weights: bool = True) -> Net:
-    """The SEAM network of a Config (`pretrained`, `backbone_width`, `cam_dropout`)."""
+def build(cfg, num_classes: int, load_weights: bool = True) -> Net:
+    """The SEAM network of a Config (`pretrained`, `backbone_width`, `cam_dropout`) for `num_classes`
+    foreground classes (its score maps have one more channel, the background)."""
     return Net(pretrained=cfg.pretrained, load_weights=load_weights, width=cfg.backbone_width,
-               dropout=cfg.cam_dropout)
+               dropout=cfg.cam_dropout, num_classes=num_classes)

@@ -20,21 +20,26 @@ __all__ = ['cam_to_ir_label', 'crf_inference_label', 'run']
 logger = logging.getLogger(__name__)
 
 
-SETTINGS = ('conf_fg_thres', 'conf_bg_thres', 'train_list')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('conf_fg_thres', 'conf_bg_thres', 'train_list')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_cam',)
 
 
 def outputs(cfg: Config) -> list[Path]:
-    return [cfg.ir_label_dir]
+    return [cfg.relation_label_dir]
 
 
 def run(cfg: Config) -> dict:
     ids = common.train_ids(cfg)
     cam_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
-    output_of = lambda i: cfg.ir_label_dir / f'{i}.png'   # noqa: E731
+    output_of = lambda i: cfg.relation_label_dir / f'{i}.png'   # noqa: E731
     common.require_outputs(ids, cam_of, 'CAMs of the train list', 'make_cam')
     todo = torchutils.shard(common.pending(ids, output_of, common.png_is_valid, cfg.overwrite))
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
-             cfg.conf_fg_thres, cfg.conf_bg_thres) for i in todo]
+             cfg.conf_fg_thres, cfg.conf_bg_thres, common.dataset(cfg).palette) for i in todo]
     common.run_in_workers(label_one_image, jobs, cfg.num_workers, 'cam_to_ir_label')
     torchutils.barrier()
     return {'images': len(jobs)}

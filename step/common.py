@@ -16,10 +16,19 @@ from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
+from misc.dataset import DatasetInfo
 from misc.imutils import BadInputError
 from voc12 import dataloader
+from voc12.classes import VOC12
 
 logger = logging.getLogger(__name__)
+
+
+def dataset(cfg: Config) -> DatasetInfo:
+    """The description of cfg's dataset (class names, palette, ignore value) that steps pass to misc/ and
+    the networks. VOC 2012 (or its synthetic stand-in) is the only one so far; a second dataset is chosen
+    here."""
+    return VOC12
 
 
 def train_ids(cfg: Config) -> list[str]:

@@ -28,7 +28,12 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 
-SETTINGS = ('cam_eval_thres', 'sweep', 'chainer_eval_set')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('cam_eval_thres', 'sweep', 'chainer_eval_set')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_cam',)
 
 
 def outputs(cfg: Config) -> list[Path]:
@@ -42,7 +47,8 @@ def evaluate(cfg: Config, ids: list[str], scores_of: Callable[[str], tuple[np.nd
     pass over the images; `leakage`, when given, is updated with every image's scores as well."""
     sweep = tuple(cfg.sweep if sweep is None else sweep)
     thresholds = [configured] + [t for t in sweep if abs(t - configured) > 1e-9]
-    matrices = [metrics.ConfusionMatrix() for _ in thresholds]
+    data = common.dataset(cfg)
+    matrices = [metrics.ConfusionMatrix(data.num_labels, data.ignore) for _ in thresholds]
     for image_id in tqdm(torchutils.shard(ids), desc=name, disable=not torchutils.is_main_process()):
         scores, keys = scores_of(image_id)
         gt = dataloader.load_gt_mask(cfg.dataset_root, image_id, scores.shape[1:])
@@ -62,7 +68,7 @@ def evaluate(cfg: Config, ids: list[str], scores_of: Callable[[str], tuple[np.nd
         best = max(table, key=lambda row: row['miou'] if np.isfinite(row['miou']) else -1)
         out['sweep'], out['best'] = table, best
     if torchutils.is_main_process():
-        logger.info('%s (threshold %.2f):\n%s', name, configured, metrics.format_table(results[0]))
+        logger.info('%s (threshold %.2f):\n%s', name, configured, metrics.format_table(results[0], data.label_names))
         if sweep:
             logger.info('%s sweep:\n%s', name, metrics.format_sweep([r['threshold'] for r in out['sweep']],
                                                                     [r['miou'] for r in out['sweep']], configured))

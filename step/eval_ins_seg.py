@@ -24,7 +24,12 @@ from voc12.classes import CAT_LIST, IGNORE
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('chainer_eval_set',)
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('chainer_eval_set',)
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_ins_seg',)
 IOU_THRESHOLDS = (0.25, 0.5, 0.75)
 OBJECT_DIR = 'SegmentationObject'
 
@@ -78,7 +83,9 @@ def run(cfg: Config) -> dict:
     if not torchutils.is_main_process():
         torchutils.barrier()
         return {}
-    chainercv_rule, void_ignored = InstanceAP(IOU_THRESHOLDS), InstanceAP((0.5,), ignore_void=True)
+    n_classes = common.dataset(cfg).num_classes
+    chainercv_rule = InstanceAP(n_classes, IOU_THRESHOLDS)
+    void_ignored = InstanceAP(n_classes, (0.5,), ignore_void=True)
     n_gt = n_pred = 0
     for image_id in tqdm(with_gt, desc='eval_ins_seg'):
         pred = read_instances(output_of(image_id))

@@ -31,7 +31,12 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 
-SETTINGS = ('cam_scales', 'train_list', 'cam_weights')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('cam_scales', 'train_list', 'cam_weights')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('train_cam',)
 
 
 def outputs(cfg: Config) -> list[Path]:

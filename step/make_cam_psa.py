@@ -29,7 +29,12 @@ from step.make_cam import flip_summed_cams, write_cams
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('cam_scales', 'cam_network', 'backbone_width', 'pretrained', 'cam_weights')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('cam_scales', 'cam_network', 'backbone_width', 'pretrained', 'cam_weights')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('train_cam',)
 
 
 def fuse_psa(outputs: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:

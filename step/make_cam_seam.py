@@ -26,7 +26,12 @@ from step.make_cam_psa import pool_to_stride
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('cam_scales', 'cam_network', 'backbone_width', 'pretrained', 'cam_weights')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('cam_scales', 'cam_network', 'backbone_width', 'pretrained', 'cam_weights')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('train_cam',)
 
 
 def outputs(cfg: Config) -> list:

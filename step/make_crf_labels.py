@@ -5,7 +5,7 @@ image's K classes at full resolution, refined by the soft dense CRF (misc.crf.cr
 iterations) into (K + 1, H, W) marginals. Both are kept soft (the training labels are argmaxes of 8 x 8
 block means after the random crop, so hard labels would not give the same pairs) and written as
 `crf/<id>.npz` (`keys` (K,), `la`, `ha` (K + 1, H, W) float16, compressed: see misc.crf.save_crf_maps).
-The la/ha rule applied per pixel is also written to `ir_label/<id>.png` (VOC palette; 255 unsure), which
+The la/ha rule applied per pixel is also written to `relation_label/<id>.png` (VOC palette; 255 unsure), which
 only the report and the contact sheet read.
 The CRF is CPU work, spread over `--num_workers` processes, as step/cam_to_ir_label.py.
 """
@@ -24,7 +24,12 @@ from step import common
 __all__ = ['alpha_crf_marginals', 'crf_dir', 'run']
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('crf_la_alpha', 'crf_ha_alpha')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('crf_la_alpha', 'crf_ha_alpha')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_cam',)
 
 
 def crf_dir(cfg: Config) -> Path:
@@ -32,7 +37,7 @@ def crf_dir(cfg: Config) -> Path:
 
 
 def outputs(cfg: Config) -> list[Path]:
-    return [crf_dir(cfg), cfg.ir_label_dir]
+    return [crf_dir(cfg), cfg.relation_label_dir]
 
 
 def crf_is_valid(path: Path) -> bool:
@@ -50,7 +55,8 @@ def run(cfg: Config) -> dict:
     common.require_outputs(ids, cam_of, 'CAMs of the train list', 'make_cam')
     todo = torchutils.shard(common.pending(ids, output_of, crf_is_valid, cfg.overwrite))
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
-             cfg.crf_la_alpha, cfg.crf_ha_alpha, cfg.ir_label_dir / f'{i}.png') for i in todo]
+             cfg.crf_la_alpha, cfg.crf_ha_alpha, cfg.relation_label_dir / f'{i}.png', common.dataset(cfg).palette)
+            for i in todo]
     common.run_in_workers(crf_labels_one_image, jobs, cfg.num_workers, 'make_crf_labels')
     torchutils.barrier()
     return {'images': len(jobs)}

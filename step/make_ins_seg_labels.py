@@ -36,8 +36,13 @@ logger = logging.getLogger(__name__)
 # The Config fields the instance masks (and the COCO file) depend on.
 # Not --ins_seg_coco: the export is read off the same instance files, so turning it on adds the train
 # list's missing ones and the JSON; nothing made before changes.
-SETTINGS = ('beta', 'exp_times', 'ins_seg_bg_thres', 'irn_crop_size', 'irn_network', 'backbone',
-            'train_list', 'sbd_root')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('beta', 'exp_times', 'ins_seg_bg_thres', 'irn_crop_size', 'irn_network', 'backbone',
+                'train_list', 'sbd_root')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_cam', 'train_relation')
 
 CENTROID_ITERATIONS = 300      # the reference's refinement steps (any number >= 100 works, it says)
 CLUSTER_THRES = 2.5            # |displacement| below this: a centroid region (supplementary material)
@@ -209,7 +214,7 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
         # The same instance files give the same COCO file: write it only when it is missing or stale.
         made_anywhere = int(torchutils.all_reduce_sum(torch.tensor([made]))[0])
         if torchutils.is_main_process() and (made_anywhere or cfg.overwrite or not coco_path(cfg).is_file()):
-            payload = coco.export(train, lambda i: read_instances(ins_seg_dir(cfg) / f'{i}.npz'))
+            payload = coco.export(train, lambda i: read_instances(ins_seg_dir(cfg) / f'{i}.npz'), common.dataset(cfg))
             coco.write(coco_path(cfg), payload)
             logger.info('COCO instance pseudo masks of %d train images (%d instances): %s', len(train),
                         len(payload['annotations']), coco_path(cfg))

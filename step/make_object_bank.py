@@ -3,8 +3,9 @@
 Core: `extract_object` keeps a label map only if it holds exactly one foreground class covering a
 fraction of the image within [min_fg_ratio, max_fg_ratio], and returns that class and the crop to the
 foreground's bounding box. Driver: `run(cfg)` applies it to the masks of exactly the train list's
-images, as the CDA reference does (train_aug on VOC): the baseline's pseudo masks, which it makes first
-for the images that lack one, or the masks of those images found in --cda_bank_source. It writes
+images, as the CDA reference does (train_aug on VOC): the baseline's pseudo masks, which it asks the
+pipeline to make first for the images that lack one (`step.pipeline.need`), or the masks of those images
+found in --cda_bank_source. It writes
 `<work_dir>/object_bank/<class>/<id>.png` and `<id>_mask.png`, then `counts.json` (masks scanned,
 objects per class) and, last, `index.json` (what `misc.cda.ObjectBank.load` reads).
 """
@@ -24,8 +25,8 @@ from misc.cda import ObjectBank, mask_bbox
 from misc import fingerprint, torchutils
 from misc.config import Config
 from misc.imutils import BadInputError, atomic_path, read_label_png, read_rgb, save_label_png, save_rgb
-from step import common
-from voc12.classes import CAT_LIST, N_CAT
+from step import common, pipeline
+from voc12.classes import N_CAT
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,13 @@ def extract_object(image: np.ndarray, mask: np.ndarray, min_fg_ratio: float = 0.
     return label - 1, crop, foreground[top:bottom, left:right].copy()
 
 
-SETTINGS = ('cda_min_fg_ratio', 'cda_max_fg_ratio', 'cda_bank_source', 'train_list')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('cda_min_fg_ratio', 'cda_max_fg_ratio', 'cda_bank_source', 'train_list')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    """The baseline's pseudo masks, unless the bank is cut from --cda_bank_source."""
+    return () if cfg.cda_bank_source is not None else ('make_sem_seg',)
 
 
 def extra_inputs(cfg: Config) -> dict:
@@ -82,11 +89,11 @@ def _summary(counts: dict[str, int], masks_scanned: int, **extra: Any) -> dict[s
     return {'objects': sum(counts.values()), 'counts': counts, 'masks_scanned': masks_scanned, **extra}
 
 
-def _clear_bank(bank_dir: Path) -> None:
+def _clear_bank(bank_dir: Path, class_names: Sequence[str]) -> None:
     """Remove what an earlier build wrote (index first, so a half-cleared bank is never loaded)."""
     for name in ('index.json', 'counts.json'):
         (bank_dir / name).unlink(missing_ok=True)
-    for class_name in CAT_LIST:
+    for class_name in class_names:
         if (bank_dir / class_name).is_dir():
             shutil.rmtree(bank_dir / class_name)
 
@@ -103,7 +110,7 @@ def source_masks(cfg: Config, ids: Sequence[str]) -> tuple[Path, list[Path]]:
     exist and match the current settings are kept), as the reference builds its bank from train_aug.
     """
     if cfg.cda_bank_source is None:
-        fingerprint.run_step(cfg, 'make_sem_seg', label='make_sem_seg (train list, for the object bank)', ids=ids)
+        pipeline.need(cfg, 'make_sem_seg', ids=ids, label='make_sem_seg (train list, for the object bank)')
         source = cfg.sem_seg_dir
         paths = [source / f'{i}.png' for i in ids]
         common.require_outputs(ids, lambda i: source / f'{i}.png', 'pseudo masks of the train list', 'make_sem_seg')
@@ -130,7 +137,7 @@ def run(cfg: Config) -> dict[str, Any]:
         except BadInputError as e:       # empty or unreadable: build it again rather than fail later
             logger.info('object bank: cannot reuse (%s); rebuilding', e)
         else:
-            counts = {name: bank.count(c) for c, name in enumerate(CAT_LIST)}
+            counts = {name: bank.count(c) for c, name in enumerate(common.dataset(cfg).class_names)}
             logger.info('object bank: reusing %s (%d objects); pass --overwrite to rebuild', bank_dir, len(bank))
             scanned = _read_counts(bank_dir).get('masks_scanned', 0)
             return _summary(counts, scanned, reused=True)
@@ -161,7 +168,8 @@ def _read_counts(bank_dir: Path) -> dict[str, Any]:
 
 def _build(cfg: Config, label_paths: Sequence[Path], bank_dir: Path) -> None:
     """Cut the objects out of the masks; write the crops, counts.json and, last, index.json."""
-    _clear_bank(bank_dir)
+    class_names = common.dataset(cfg).class_names
+    _clear_bank(bank_dir, class_names)
     image_dir = cfg.dataset_root / 'JPEGImages'
     entries: list[dict[str, Any]] = []
     for label_path in tqdm(label_paths, desc='make_object_bank', unit='img'):
@@ -182,13 +190,13 @@ def _build(cfg: Config, label_paths: Sequence[Path], bank_dir: Path) -> None:
         if found is None:
             continue
         cls, crop, crop_mask = found
-        name = CAT_LIST[cls]
+        name = class_names[cls]
         image_rel, mask_rel = f'{name}/{image_id}.png', f'{name}/{image_id}_mask.png'
         save_rgb(bank_dir / image_rel, crop)
-        save_label_png(bank_dir / mask_rel, crop_mask.astype(np.uint8) * 255, palette=False)
+        save_label_png(bank_dir / mask_rel, crop_mask.astype(np.uint8) * 255)
         entries.append({'class': cls, 'name': name, 'image': image_rel, 'mask': mask_rel, 'source': image_id})
 
-    per_class = {name: 0 for name in CAT_LIST}
+    per_class = {name: 0 for name in class_names}
     for entry in entries:
         per_class[entry['name']] += 1
     _write_json(bank_dir / 'counts.json', {'masks_scanned': len(label_paths), 'objects': len(entries),

@@ -7,7 +7,9 @@ averaged over 8 x 8 blocks; the walk applies T = column-normalised (affinity^bet
 2^exp_times times through its sparse structure (misc.indexing.affinity_random_walk); the result is
 upsampled x8 (bilinear), cropped to H x W, and its argmax is the class map (no threshold, no CRF).
 Absent classes are left out: their scores are 0 before and after the walk, so the argmax is the same as the
-reference's over 21 channels. The walked scores are kept (`rw_aff/<id>.npz`: `keys`, `rw` (K + 1, h, w)).
+reference's over 21 channels. The walked scores are kept (`rw_aff/<id>.npz`: `keys`, `rw` (K + 1, h, w));
+`walked_scores` reads them back as each class's share against the background, so that eval_sem_seg's
+sweep has a background threshold to vary (0.5 is the argmax the masks are).
 
 Maps narrower than 2 * 5 + 1 feature pixels use radius (min(h, w) - 1) // 2, as SEAM does; PSA has no
 such case on VOC-sized images.
@@ -33,7 +35,12 @@ from voc12 import dataloader
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('rw_alpha', 'beta', 'exp_times', 'irn_weights')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('rw_alpha', 'beta', 'exp_times', 'relation_weights')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_cam', 'train_relation')
 RADIUS = 5
 
 
@@ -43,6 +50,27 @@ def rw_dir(cfg: Config) -> Path:
 
 def outputs(cfg: Config) -> list[Path]:
     return [cfg.sem_seg_dir, rw_dir(cfg)]
+
+
+def walked_scores(cfg: Config, image_id: str, size: Sequence[int]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """((K, H, W) scores, keys (K,)) of a mask, or None where its walk was not kept: each class's walked score
+    over itself plus the background's, x8 bilinear and cropped as the mask; threshold 0.5 gives the
+    mask's argmax (but for exact ties), a higher one keeps only classes that beat the background by more."""
+    path = rw_dir(cfg) / f'{image_id}.npz'
+    if not path.is_file():
+        return None
+    with np.load(path) as rw:
+        walked, keys = torch.from_numpy(rw['rw']).float(), rw['keys']
+    up = F.interpolate(walked[None], scale_factor=8, mode='bilinear', align_corners=False)[0, :, :size[0], :size[1]]
+    background, classes = up[:1], up[1:]
+    total = classes + background
+    share = torch.where(total > 0, classes / total.clamp(min=1e-12), torch.zeros_like(classes))
+    return share.numpy(), np.asarray(keys, np.int64)
+
+
+def mask_threshold(cfg: Config) -> float:
+    """The masks are the argmax of background and classes: share 0.5 on the scale of `walked_scores`."""
+    return 0.5
 
 
 def walk_radius(height: int, width: int, radius: int = RADIUS) -> int:
@@ -108,14 +136,14 @@ def sem_seg_from_affinity(model: Net, img: torch.Tensor, cams, keys, rw_alpha: f
 
 
 def load_aff(cfg: Config, device: torch.device) -> Net:
-    if cfg.irn_weights is not None:     # a reference's res38_aff.pth (same key names, net/weights.py)
+    if cfg.relation_weights is not None:     # a reference's res38_aff.pth (same key names, net/weights.py)
         from net.weights import load_reference_weights
         model = build_net('none', cfg.backbone_width, load_weights=False)
-        load_reference_weights(model, 'net.resnet38_aff', cfg.irn_weights, '--irn_weights')
+        load_reference_weights(model, 'net.resnet38_aff', cfg.relation_weights, '--relation_weights')
         return model.to(device).eval()
     path = weights_path(cfg)
     if not path.is_file():
-        raise common.BadInputError(f'{path} missing; run the train_irn (AffinityNet) step first')
+        raise common.BadInputError(f'{path} missing; run the train_relation (AffinityNet) step first')
     state = torchutils.load_checkpoint(path)
     model = build_net('none', state.get('width', 1.0), load_weights=False)
     model.load_state_dict(state['model'])
@@ -146,6 +174,6 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
         label, walked = sem_seg_from_affinity(model, pack['img'][0][0], cams, keys, cfg.rw_alpha, cfg.beta,
                                               cfg.exp_times, cfg.amp)
         imutils.save_npz(rw_of(image_id), keys=np.asarray(keys, np.int64), rw=walked.cpu().numpy())
-        imutils.save_label_png(output_of(image_id), label)
+        imutils.save_label_png(output_of(image_id), label, common.dataset(cfg).palette)
     torchutils.barrier()
     return {'images': len(todo)}

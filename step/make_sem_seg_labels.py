@@ -4,7 +4,8 @@ Per image: boundary map = sigmoid of the mean of the logits of the image and its
 (times 1 - boundary) are propagated by the transition affinity**beta (radius 5) applied
 2**exp_times times; the result is upsampled x4 (bilinear), cropped to H x W, divided by its global
 max, and the argmax over [sem_seg_bg_thres, classes...] gives the class map. The random-walk scores at
-stride 4 are kept too (`rw/<id>.npz`), so eval_sem_seg can sweep thresholds without redoing the walk.
+stride 4 are kept too (`rw/<id>.npz`); `walked_scores` reads them back, so eval_sem_seg can sweep
+thresholds without redoing the walk.
 """
 from __future__ import annotations
 
@@ -28,11 +29,35 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 
-SETTINGS = ('beta', 'exp_times', 'sem_seg_bg_thres')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('beta', 'exp_times', 'sem_seg_bg_thres')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_cam', 'train_relation')
 
 
 def outputs(cfg: Config) -> list[Path]:
-    return [cfg.sem_seg_dir, cfg.out_dir / 'rw']
+    return [cfg.sem_seg_dir, rw_dir(cfg)]
+
+
+def rw_dir(cfg: Config) -> Path:
+    return cfg.out_dir / 'rw'
+
+
+def walked_scores(cfg: Config, image_id: str, size: Sequence[int]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The scores a mask was thresholded from: ((K, H, W) walked CAMs divided by their max, keys (K,)), or
+    None where they were not kept. `mask_threshold(cfg)` on them gives the mask back."""
+    path = rw_dir(cfg) / f'{image_id}.npz'
+    if not path.is_file():
+        return None
+    with np.load(path) as rw:
+        return upsample_scores(torch.from_numpy(rw['rw'])[:, None], size).numpy(), rw['keys']
+
+
+def mask_threshold(cfg: Config) -> float:
+    """The background score of the masks, on the scale of `walked_scores`."""
+    return cfg.sem_seg_bg_thres
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -70,15 +95,15 @@ def sem_seg_from_edge(cams, edge, keys, size: Sequence[int], beta: float = 10, e
 
 
 def load_irn(cfg: Config, device: torch.device):
-    if cfg.irn_weights is not None:     # a reference's res50_irn.pth, keys mapped by net/weights.py
+    if cfg.relation_weights is not None:     # a reference's res50_irn.pth, keys mapped by net/weights.py
         from net.weights import load_reference_weights
         module = importlib.import_module(cfg.irn_network)
         model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=False)
-        load_reference_weights(model, cfg.irn_network, cfg.irn_weights, '--irn_weights')
+        load_reference_weights(model, cfg.irn_network, cfg.relation_weights, '--relation_weights')
         return model.to(device).eval(), module
     path = cfg.weights_dir / 'irn.pt'
     if not path.is_file():
-        raise common.BadInputError(f'{path} missing; run the train_irn step first')
+        raise common.BadInputError(f'{path} missing; run the train_relation (IRN) step first')
     module = importlib.import_module(cfg.irn_network)
     model = module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=False)
     model.load_state_dict(torchutils.load_checkpoint(path)['model'])
@@ -107,7 +132,7 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
     ids = common.infer_ids(cfg) if ids is None else list(ids)
     cam_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
     output_of = lambda i: cfg.sem_seg_dir / f'{i}.png'   # noqa: E731
-    rw_of = lambda i: cfg.out_dir / 'rw' / f'{i}.npz'   # noqa: E731
+    rw_of = lambda i: rw_dir(cfg) / f'{i}.npz'   # noqa: E731
     common.require_outputs(ids, cam_of, 'CAMs of the images', 'make_cam')
     todo = torchutils.shard(common.pending(ids, output_of, common.png_is_valid, cfg.overwrite))
     if not todo:
@@ -118,6 +143,7 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
         rw = random_walk_scores(cams, edge.float(), cfg.beta, cfg.exp_times)
         scores = upsample_scores(rw, size).cpu().numpy()
         imutils.save_npz(rw_of(image_id), keys=keys, rw=rw[:, 0].cpu().numpy())
-        imutils.save_label_png(output_of(image_id), label_from_scores(scores, keys, cfg.sem_seg_bg_thres))
+        imutils.save_label_png(output_of(image_id), label_from_scores(scores, keys, cfg.sem_seg_bg_thres),
+                               common.dataset(cfg).palette)
     torchutils.barrier()
     return {'images': len(todo)}

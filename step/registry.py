@@ -1,68 +1,102 @@
-"""Which step module fills each slot of the pipeline, per method.
+"""The pipeline's steps: the slots of a pass in order, the module filling each slot per method, the names.
 
-Every method runs the same slots in the same order (`misc.config.PASS_STEPS`); the CDA pass repeats
-them from its own CAM network. A slot a method has no step for maps to None and is skipped.
+A pass runs `PASS`'s slots in order; the CDA pass repeats them (`cda_<slot>`) from its own CAM network,
+after the object bank (`SHARED`). A method (`METHODS`, one module under methods/) fills a slot with its
+own step module or leaves it to the default here; a slot filled by None is skipped for that method.
 
-A step module provides:
-  run(cfg) -> dict                 the driver (make_sem_seg and make_ins_seg also take `ids=`; the object
-                                   bank asks make_sem_seg for the pseudo masks of the train list)
-  SETTINGS                         the Config fields its outputs depend on (its fingerprint): a tuple,
-                                   or a function of cfg (the CDA pass adds its own options)
-  outputs(cfg) -> list[Path]       files and folders it writes, removed before a redo with new settings
-  extra_inputs(cfg) -> dict        optional: signatures of inputs that are not settings (a bank source
-                                   folder); weights files named by a setting are signed automatically
+Every step module declares the same four things (tests/test_protocol.py checks them):
+  run(cfg) -> dict                  the driver: reads its inputs, writes its outputs, returns its figures
+  settings(cfg) -> tuple[str, ...]  the Config fields its outputs depend on (its fingerprint)
+  reads(cfg) -> tuple[str, ...]     the slots whose outputs it reads: of its own pass, or a shared step
+                                    (their fingerprints enter its own, so a change upstream redoes it)
+  outputs(cfg) -> list[Path]        the files and folders it writes, removed before a redo
+and may declare `extra_inputs(cfg) -> dict`, signatures of inputs that are not settings (a folder named
+by one). A step that needs another slot's outputs beyond what the pass already made asks
+`step.pipeline.need` (which runs that slot under its fingerprint for the ids it asks for and returns
+its module); it never imports another slot's module. The make_sem_seg modules also provide
+`walked_scores(cfg, image_id, size)`, the scores their masks are thresholded from (eval_sem_seg's sweep).
+
+Adding a step: its module, and its slot's line in `PASS` (or a method's `STEPS`).
 """
 from __future__ import annotations
 
-from typing import Optional
+import importlib
+from types import ModuleType
+from typing import Optional, Sequence
 
-_IRN = {
-    'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',
-    'cam_to_ir_label': 'step.cam_to_ir_label', 'train_irn': 'step.train_irn',
-    'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
-    'make_ins_seg': 'step.make_ins_seg_labels', 'eval_ins_seg': 'step.eval_ins_seg',
+from misc import config
+
+# The slots of one pass, in the order they run: slot -> the module filling it unless a method's STEPS
+# names another (None: every method names its own, or has none).
+PASS: dict[str, Optional[str]] = {
+    'train_cam': 'step.train_cam',
+    'make_cam': None,
+    'eval_cam': 'step.eval_cam',
+    'make_relation_labels': None,
+    'train_relation': None,
+    'make_sem_seg': None,
+    'eval_sem_seg': 'step.eval_sem_seg',
+    'make_ins_seg': None,
+    'eval_ins_seg': None,
 }
 
-STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
-    'irn': _IRN,
-    'affinitynet': {
-        'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam_psa', 'eval_cam': 'step.eval_cam',
-        'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
-        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
-    },
-    'seam': {               # SEAM's CAMs; then the AffinityNet steps with SEAM's settings
-        'train_cam': 'step.train_seam', 'make_cam': 'step.make_cam_seam', 'eval_cam': 'step.eval_cam',
-        'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
-        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
-    },
+# Steps outside the passes (run in the baseline's stage, read by the CDA pass).
+SHARED: dict[str, str] = {'make_object_bank': 'step.make_object_bank'}
+
+# Methods: name -> the module holding its slot map, profiles and checks (methods/README in docs/slots.md).
+METHODS: dict[str, str] = {
+    'irn': 'methods.irn',
+    'affinitynet': 'methods.affinitynet',
+    'seam': 'methods.seam',
 }
 
-# Steps outside the per-method pass.
-SHARED_MODULES = {'make_object_bank': 'step.make_object_bank'}
+# The reference's (IRNet's) slot names, kept as aliases: `--steps train_irn`, `--train_irn_pass`, ...
+SLOT_ALIASES: dict[str, str] = {'cam_to_ir_label': 'make_relation_labels', 'train_irn': 'train_relation'}
 
-# The steps whose outputs each step reads, in the same pass (their fingerprints are part of its own).
-UPSTREAM: dict[str, tuple[str, ...]] = {
-    'train_cam': (), 'make_cam': ('train_cam',), 'eval_cam': ('make_cam',),
-    'cam_to_ir_label': ('make_cam',), 'train_irn': ('cam_to_ir_label',),
-    'make_sem_seg': ('make_cam', 'train_irn'), 'eval_sem_seg': ('make_sem_seg',),
-    'make_ins_seg': ('make_cam', 'train_irn'), 'eval_ins_seg': ('make_ins_seg',),
-    'make_object_bank': (),
-}
+PASS_STEPS = tuple(PASS)
+CDA_STEPS = tuple(SHARED) + tuple(f'cda_{s}' for s in PASS_STEPS)
+ALL_STEPS = PASS_STEPS + CDA_STEPS
+STEP_ALIASES = {**SLOT_ALIASES, **{f'cda_{old}': f'cda_{new}' for old, new in SLOT_ALIASES.items()}}
 
 
-def upstream_of(step: str, stage: str, bank_from_folder: bool) -> list[tuple[str, str]]:
-    """(step, stage) pairs a step reads: the same pass's steps, plus the object bank for the CDA pass's CAM
-    training, and the baseline's pseudo masks for the bank unless it is cut from a given folder."""
-    found = [(name, stage) for name in UPSTREAM.get(step, ())]
-    if step == 'train_cam' and stage == 'cda':
-        found.append(('make_object_bank', ''))
-    if step == 'make_object_bank' and not bank_from_folder:
-        found.append(('make_sem_seg', ''))
-    return found
+def method(name: str) -> ModuleType:
+    """The module of a method (`methods.irn`, ...)."""
+    return importlib.import_module(METHODS[name])
 
 
-def module_for(method: str, slot: str) -> Optional[str]:
-    """The module name of a slot (`make_cam`, ...; without the `cda_` prefix) for a method, or None."""
-    if slot in SHARED_MODULES:
-        return SHARED_MODULES[slot]
-    return STEP_MODULES[method].get(slot)
+def module_for(method_name: str, slot: str) -> Optional[str]:
+    """The module name filling `slot` (without the `cda_` prefix; an alias is resolved) for a method, or None."""
+    slot = SLOT_ALIASES.get(slot, slot)
+    if slot in SHARED:
+        return SHARED[slot]
+    own = method(method_name).STEPS
+    return own[slot] if slot in own else PASS[slot]
+
+
+def step_module(method_name: str, slot: str) -> Optional[ModuleType]:
+    name = module_for(method_name, slot)
+    return importlib.import_module(name) if name is not None else None
+
+
+def stage_of_read(slot: str, stage: str) -> str:
+    """The stage whose outputs a read of `slot` from a step of `stage` means: shared steps are the baseline's."""
+    return '' if slot in SHARED else stage
+
+
+def catalog() -> config.Catalog:
+    """What the command line needs to know about the steps and methods."""
+    methods = {}
+    for name in METHODS:
+        module = method(name)
+        methods[name] = config.MethodSpec(name=name, help=module.HELP, profiles=module.PROFILES,
+                                          validate=module.validate)
+    return config.Catalog(pass_steps=PASS_STEPS, cda_steps=CDA_STEPS, step_aliases=STEP_ALIASES, methods=methods)
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> config.Config:
+    """Flags -> Config, with this registry's steps and methods (see misc.config.parse_config)."""
+    return config.parse_config(argv, catalog())
+
+
+def profile_values(method_name: str, profile: str) -> dict:
+    return config.profile_values(catalog().methods[method_name], profile)

@@ -24,8 +24,13 @@ from voc12.aff_dataset import CrfAffinityDataset
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ('aff_crop_size', 'aff_batch_size', 'aff_num_epoches', 'aff_learning_rate', 'aff_weight_decay',
-            'pretrained', 'backbone_width', 'irn_weights', 'seed')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('aff_crop_size', 'aff_batch_size', 'aff_num_epoches', 'aff_learning_rate', 'aff_weight_decay',
+                'pretrained', 'backbone_width', 'relation_weights', 'seed')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_relation_labels',)
 
 
 def weights_path(cfg: Config) -> Path:
@@ -78,17 +83,17 @@ def fit(model: Net, dataset: CrfAffinityDataset, cfg: Config, device: torch.devi
 
 def run(cfg: Config) -> dict:
     weights = weights_path(cfg)
-    if cfg.irn_weights is not None:
-        logger.info('--irn_weights %s given: AffinityNet training skipped, the walk uses these weights',
-                    cfg.irn_weights)
-        return {'skipped': True, 'weights': str(cfg.irn_weights)}
+    if cfg.relation_weights is not None:
+        logger.info('--relation_weights %s given: AffinityNet training skipped, the walk uses these weights',
+                    cfg.relation_weights)
+        return {'skipped': True, 'weights': str(cfg.relation_weights)}
     if weights.is_file() and not cfg.overwrite:
         logger.info('%s exists: AffinityNet training skipped (--overwrite retrains)', weights)
         return {'skipped': True}
     device = common.device_of(cfg)
     ids = common.train_ids(cfg)
     common.require_outputs(ids, lambda i: crf_dir(cfg) / f'{i}.npz', 'la/ha CRF maps of the train list',
-                           'cam_to_ir_label (make_crf_labels)')
+                           'make_relation_labels (make_crf_labels)')
     dataset = CrfAffinityDataset(ids, cfg.dataset_root, crf_dir(cfg), cfg.aff_crop_size, seed=cfg.seed)
     model = build_model(cfg)
     result = fit(model, dataset, cfg, device, cfg.weights_dir / 'aff_checkpoint.pt')

@@ -25,17 +25,22 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 
-_CDA_SETTINGS = ('cda_variant', 'cda_min_visible', 'cda_schedule', 'cda_paste_context')
+CDA_SETTINGS = ('cda_variant', 'cda_min_visible', 'cda_schedule', 'cda_paste_context')
 
 
-def SETTINGS(cfg: Config) -> tuple[str, ...]:
+def settings(cfg: Config) -> tuple[str, ...]:
     """The fingerprinted settings; the CDA options matter to the CDA pass only."""
     own = ('backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_network', 'cam_crop_size',
            'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
            'cam_weight_decay', 'seed', 'train_list', 'val_list')
     if cfg.backbone == 'resnet38':          # only the ResNet-38 CAM nets have the dropout switch
         own += ('cam_dropout',)
-    return own + _CDA_SETTINGS if cfg.stage == 'cda' else own
+    return own + CDA_SETTINGS if cfg.stage == 'cda' else own
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    """The CDA pass pastes objects of the bank."""
+    return ('make_object_bank',) if cfg.stage == 'cda' else ()
 
 
 def outputs(cfg: Config) -> list[Path]:
@@ -50,12 +55,8 @@ def batch_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
-    """The CAM network of `cfg.cam_network`: its `build(cfg, load_weights)` where it has one (ResNet-38,
-    which needs the width), else `Net(backbone, pretrained, load_weights)`."""
-    module = importlib.import_module(cfg.cam_network)
-    if hasattr(module, 'build'):
-        return module.build(cfg, load_weights)
-    return module.Net(backbone=cfg.backbone, pretrained=cfg.pretrained, load_weights=load_weights)
+    """The CAM network of `cfg.cam_network`, by its `build(cfg, num_classes, load_weights)`."""
+    return importlib.import_module(cfg.cam_network).build(cfg, common.dataset(cfg).num_classes, load_weights)
 
 
 def classification_loss(model, img: torch.Tensor, label: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:

@@ -23,9 +23,14 @@ from voc12 import dataloader
 logger = logging.getLogger(__name__)
 
 
-SETTINGS = ('backbone', 'pretrained', 'irn_network', 'irn_crop_size', 'irn_rescale', 'irn_batch_size',
-            'irn_num_epoches', 'irn_learning_rate', 'irn_weight_decay', 'seed', 'train_list', 'infer_list',
-            'irn_weights', 'irn_backbone_lr_mult')
+def settings(cfg: Config) -> tuple[str, ...]:
+    return ('backbone', 'pretrained', 'irn_network', 'irn_crop_size', 'irn_rescale', 'irn_batch_size',
+                'irn_num_epoches', 'irn_learning_rate', 'irn_weight_decay', 'seed', 'train_list', 'infer_list',
+                'relation_weights', 'irn_backbone_lr_mult')
+
+
+def reads(cfg: Config) -> tuple[str, ...]:
+    return ('make_relation_labels',)
 
 
 def outputs(cfg: Config) -> list[Path]:
@@ -88,19 +93,19 @@ def measure_mean_shift(model, cfg: Config, device: torch.device) -> torch.Tensor
 def run(cfg: Config) -> dict:
     weights = cfg.weights_dir / 'irn.pt'
     checkpoint_path = cfg.weights_dir / 'irn_checkpoint.pt'
-    if cfg.irn_weights is not None:
-        logger.info('--irn_weights %s given: IRN training skipped, the later steps use these weights',
-                    cfg.irn_weights)
-        return {'skipped': True, 'weights': str(cfg.irn_weights)}
+    if cfg.relation_weights is not None:
+        logger.info('--relation_weights %s given: IRN training skipped, the later steps use these weights',
+                    cfg.relation_weights)
+        return {'skipped': True, 'weights': str(cfg.relation_weights)}
     if weights.is_file() and not cfg.overwrite:
         logger.info('%s exists: IRN training skipped (--overwrite retrains)', weights)
         return {'skipped': True}
     device = common.device_of(cfg)
     ids = common.train_ids(cfg)
-    common.require_outputs(ids, lambda i: cfg.ir_label_dir / f'{i}.png', 'IR labels of the train list',
-                           'cam_to_ir_label')
+    common.require_outputs(ids, lambda i: cfg.relation_label_dir / f'{i}.png', 'IR labels of the train list',
+                           'make_relation_labels')
     path_index = PathIndex(radius=10, default_size=(cfg.irn_crop_size // 4, cfg.irn_crop_size // 4))
-    dataset = dataloader.AffinityDataset(ids, cfg.dataset_root, cfg.ir_label_dir, cfg.irn_crop_size,
+    dataset = dataloader.AffinityDataset(ids, cfg.dataset_root, cfg.relation_label_dir, cfg.irn_crop_size,
                                          path_index.src_indices, path_index.dst_indices, cfg.irn_rescale, cfg.seed)
     loader = common.train_loader(dataset, cfg.irn_batch_size, cfg)
     if len(loader) == 0:

@@ -20,17 +20,14 @@ from misc.config import Config
 from misc.seam_losses import downscale, seam_losses
 from step import train_cam
 
-# Config fields the trained weights depend on (the registry's fingerprint).
-def SETTINGS(cfg: Config) -> tuple[str, ...]:
-    """The fingerprinted settings; the CDA options matter to the CDA pass only."""
-    own = ('cam_network', 'backbone', 'backbone_width', 'pretrained', 'cam_weights', 'cam_crop_size',
-           'cam_resize_long', 'cam_color_jitter', 'cam_batch_size', 'cam_num_epoches', 'cam_learning_rate',
-           'cam_weight_decay', 'cam_dropout', 'seam_scale', 'seam_ecr_ratio', 'seam_min_pool', 'seed', 'train_list')
-    return own + ('cda_schedule', 'cda_variant', 'cda_min_visible', 'cda_paste_context') if cfg.stage == 'cda' else own
+def settings(cfg: Config) -> tuple[str, ...]:
+    """train_cam's (SEAM has no validation list) and SEAM's loss options."""
+    shared = tuple(name for name in train_cam.settings(cfg) if name != 'val_list')
+    return shared + ('seam_scale', 'seam_ecr_ratio', 'seam_min_pool')
 
 
-def outputs(cfg: Config) -> list:
-    return [cfg.weights_dir / 'cam.pt', cfg.weights_dir / 'cam_checkpoint.pt']
+reads = train_cam.reads
+outputs = train_cam.outputs
 
 
 class TwoBranches(nn.Module):

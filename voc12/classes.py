@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from misc.dataset import DatasetInfo
+
 CAT_LIST = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
             'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa',
             'train', 'tvmonitor')
@@ -30,5 +32,8 @@ def voc_palette() -> list[int]:
 
 def colorize(label: np.ndarray) -> np.ndarray:
     """(H, W) label map -> (H, W, 3) uint8 RGB in VOC colours."""
-    table = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    return table[np.asarray(label, dtype=np.uint8)]
+    return VOC12.colorize(label)
+
+
+# The description the pipeline passes to misc/ (metrics, palettes, COCO export) and to the networks.
+VOC12 = DatasetInfo(name='voc', class_names=CAT_LIST, palette=tuple(voc_palette()), ignore=IGNORE)

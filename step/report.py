@@ -1,4 +1,6 @@
-"""End-of-run summary (baseline vs CDA) and a report with a contact sheet a person can look at."""
+"""End-of-run summary (baseline vs CDA) and a report with a contact sheet a person can look at.
+
+Not a step of the registry: run_sample.py writes both after the steps, from the metrics they left."""
 from __future__ import annotations
 
 import json
@@ -10,8 +12,8 @@ import numpy as np
 
 from misc import imutils, metrics
 from misc.config import Config, with_stage
+from step import common
 from voc12 import dataloader
-from voc12.classes import IGNORE, colorize
 
 SHEET_IMAGES = 6
 SHEET_SHIFT_IMAGES = 3      # context-shift rows: where the baseline CAM puts most of its mass on background
@@ -30,15 +32,16 @@ def ir_label_quality(cfg: Config, ids: list[str]) -> Optional[dict]:
     pixels that got a label) of the IR labels, over the ids that have both."""
     agree = labelled = total = 0
     for image_id in ids:
-        path = cfg.ir_label_dir / f'{image_id}.png'
+        path = cfg.relation_label_dir / f'{image_id}.png'
         gt_path = cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png'
         if not path.is_file() or not gt_path.is_file():
             continue
         label, gt = imutils.read_label_png(path), imutils.read_label_png(gt_path)
         if label.shape != gt.shape:
             continue
-        valid = gt != IGNORE
-        has_label = valid & (label != IGNORE)
+        ignore = common.dataset(cfg).ignore
+        valid = gt != ignore
+        has_label = valid & (label != ignore)
         agree += int((label[has_label] == gt[has_label]).sum())
         labelled += int(has_label.sum())
         total += int(valid.sum())
@@ -133,7 +136,7 @@ def _cam_heat(img: np.ndarray, cam_path: Path) -> np.ndarray:
     return (0.5 * img + 0.5 * colour).astype(np.uint8)
 
 
-def _label_tile(path: Path, shape) -> np.ndarray:
+def _label_tile(path: Path, shape, colorize) -> np.ndarray:
     return colorize(imutils.read_label_png(path)) if path.is_file() else np.zeros(shape, np.uint8)
 
 
@@ -176,21 +179,24 @@ def contact_sheet(cfg: Config, ids: list[str], path: Path, shift_ids: Sequence[s
     """Rows of image | ground truth | CAM | IR label | pseudo mask, for the baseline and the CDA pass;
     then one row per context-shift image of `shift_ids`: image | ground truth | baseline CAM | CDA CAM |
     the leakage of both (shift images get no IR labels or pseudo masks)."""
+    colorize = common.dataset(cfg).colorize
     stages = [('base', cfg)] + ([('CDA', with_stage(cfg, 'cda'))] if (cfg.work_dir / 'cda').is_dir() else [])
     rows = []
     for image_id in ids:
         img = imutils.read_rgb(cfg.dataset_root / 'JPEGImages' / f'{image_id}.jpg')
-        gt = _label_tile(cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png', img.shape)
+        gt = _label_tile(cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png', img.shape, colorize)
         for name, stage_cfg in stages:
             tiles = [_tile(img, image_id[-6:]), _tile(gt, 'truth'),
                      _tile(_cam_heat(img, stage_cfg.cam_dir / f'{image_id}.npz'), f'{name} CAM'),
-                     _tile(_label_tile(stage_cfg.ir_label_dir / f'{image_id}.png', img.shape), f'{name} IR'),
-                     _tile(_label_tile(stage_cfg.sem_seg_dir / f'{image_id}.png', img.shape), f'{name} mask')]
+                     _tile(_label_tile(stage_cfg.relation_label_dir / f'{image_id}.png', img.shape, colorize),
+                           f'{name} IR'),
+                     _tile(_label_tile(stage_cfg.sem_seg_dir / f'{image_id}.png', img.shape, colorize),
+                           f'{name} mask')]
             rows.append(np.concatenate(tiles, axis=1))
     for image_id in shift_ids:
         img = imutils.read_rgb(cfg.dataset_root / 'JPEGImages' / f'{image_id}.jpg')
         gt_path = cfg.dataset_root / 'SegmentationClass' / f'{image_id}.png'
-        tiles = [_tile(img, f'{image_id[-6:]} shift'), _tile(_label_tile(gt_path, img.shape), 'truth')]
+        tiles = [_tile(img, f'{image_id[-6:]} shift'), _tile(_label_tile(gt_path, img.shape, colorize), 'truth')]
         leak = []
         for name, stage_cfg in stages:
             cam_path = stage_cfg.cam_dir / f'{image_id}.npz'
