@@ -130,7 +130,7 @@ def main() -> int:
         for _ in range(repeats):                 # alternate, so a load change hits both counts alike
             for workers in WORKER_COUNTS:
                 seconds[workers].append(time_step(root, list_path, cam_dir, tmp / f'work{workers}', workers))
-        labels = {k: [imutils.read_label_png(tmp / f'work{k}' / 'ir_label' / f'{i}.png') for i in ids]
+        labels = {k: [imutils.read_label_png(tmp / f'work{k}' / 'relation_label' / f'{i}.png') for i in ids]
                   for k in WORKER_COUNTS}
         identical = all(np.array_equal(a, b) for a, b in zip(*labels.values()))
         stacked = np.stack(labels[WORKER_COUNTS[0]])

@@ -53,6 +53,7 @@ from misc.indexing import PathIndex  # noqa: E402
 from step import common, make_object_bank, train_cam, train_irn  # noqa: E402
 from voc12 import dataloader, synthetic  # noqa: E402
 from voc12.cda_dataset import CDAClassificationDataset  # noqa: E402
+from voc12.classes import VOC12  # noqa: E402
 
 PAPER_SIZE = (375, 500)                   # (H, W) of a typical VOC image
 TARGET_CDA_RATIO = 2.5
@@ -94,7 +95,7 @@ def make_datasets(tmp: Path, n_images: int) -> tuple[Path, Path, list[str], dict
         mask = imutils.read_label_png(root / 'SegmentationClass' / f'{image_id}.png')
         imutils.save_rgb(paper_root / 'JPEGImages' / f'{image_id}.jpg', imutils.pil_resize(img, PAPER_SIZE, 3))
         imutils.save_label_png(paper_root / 'SegmentationClass' / f'{image_id}.png',
-                               imutils.pil_resize(mask, PAPER_SIZE, 0))
+                               imutils.pil_resize(mask, PAPER_SIZE, 0), VOC12.palette)
     return root, paper_root, ids, labels
 
 

@@ -103,9 +103,12 @@ class InstanceAP:
         return out
 
 
-def evaluate_instances(pred_masks, pred_classes, pred_scores, gt_masks, gt_classes, num_classes: int,
-                       iou_thresh: float = 0.5, voids=None, ignore_void: bool = False) -> dict:
-    """Whole-dataset form (lists over images, like chainercv's function): {'ap', 'map'} at `iou_thresh`."""
+def evaluate_instances(pred_masks, pred_classes, pred_scores, gt_masks, gt_classes, iou_thresh: float = 0.5,
+                       voids=None, ignore_void: bool = False, num_classes: Optional[int] = None) -> dict:
+    """Whole-dataset form (lists over images, like chainercv's function): {'ap', 'map'} at `iou_thresh`;
+    `num_classes` None: as many as the largest class index given needs."""
+    if num_classes is None:
+        num_classes = 1 + max([int(np.max(c)) for c in list(pred_classes) + list(gt_classes) if len(c)] or [0])
     ap = InstanceAP(num_classes, (iou_thresh,), ignore_void=ignore_void)
     voids = voids if voids is not None else [None] * len(gt_masks)
     for args in zip(pred_masks, pred_classes, pred_scores, gt_masks, gt_classes, voids):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from misc import torchutils  # noqa: E402
-from misc.config import parse_config  # noqa: E402
+from step.registry import parse_config  # noqa: E402
 from step import common, train_aff  # noqa: E402
 from step.make_crf_labels import crf_dir  # noqa: E402
 from voc12.aff_dataset import CrfAffinityDataset  # noqa: E402

@@ -342,7 +342,7 @@ def test_two_gloo_processes_train_the_same_affinitynet(synthetic_voc, tmp_path):
     import os
     import subprocess
     import sys
-    from misc.config import parse_config
+    from step.registry import parse_config
     from step import common
     from step.make_crf_labels import crf_dir
 
@@ -399,7 +399,7 @@ def write_fake_cams(cfg, ids) -> None:
 def test_affinitynet_steps_run_and_resume(synthetic_voc, tmp_path):
     import json
     import run_sample
-    from misc.config import parse_config
+    from step.registry import parse_config
     from step import common
 
     flags = ['--method', 'affinitynet', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
@@ -410,7 +410,7 @@ def test_affinitynet_steps_run_and_resume(synthetic_voc, tmp_path):
     write_fake_cams(cfg, ids)
     assert run_sample.main(flags) == 0
     assert len(list((tmp_path / 'crf').glob('*.npz'))) == len(common.train_ids(cfg))
-    assert len(list((tmp_path / 'ir_label').glob('*.png'))) == len(common.train_ids(cfg))
+    assert len(list((tmp_path / 'relation_label').glob('*.png'))) == len(common.train_ids(cfg))
     assert (tmp_path / 'weights' / 'aff.pt').is_file()
     masks = sorted((tmp_path / 'sem_seg').glob('*.png'))
     assert [p.stem for p in masks] == sorted(common.infer_ids(cfg))
@@ -426,7 +426,7 @@ def test_affinitynet_steps_run_and_resume(synthetic_voc, tmp_path):
 def test_interrupted_affinitynet_training_resumes_to_the_same_weights(synthetic_voc, tmp_path, monkeypatch):
     import dataclasses
     from misc import torchutils
-    from misc.config import parse_config
+    from step.registry import parse_config
     from step import common, train_aff
     from step.make_crf_labels import crf_dir
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from misc.config import (ALL_STEPS, CDA_STEPS, PASS_STEPS, PROFILES, Config, from_dict, parse_config,
-                         with_stage)
+from misc.config import PROFILES, Config, from_dict, with_stage
+from step.registry import ALL_STEPS, CDA_STEPS, PASS_STEPS, parse_config
 from misc.indexing import PathIndex
 
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from misc import metrics
-from misc.config import parse_config
-from misc.report import _pass_figures, summary_table
+from step.registry import parse_config
+from step.report import _pass_figures, summary_table
 from voc12 import dataloader
 from voc12.classes import IGNORE
 from voc12.synthetic import SCENES, USUAL_SCENE
@@ -139,7 +139,7 @@ def handmade_run(synthetic_voc: Path, tmp_path_factory: pytest.TempPathFactory) 
     pass's cover exactly their objects (leakage 0, and mIoU 1 at any threshold below 1)."""
     from misc.config import with_stage
     from misc.imutils import save_npz
-    from misc.report import write_report, write_summary
+    from step.report import write_report, write_summary
     from step import eval_cam
     work = tmp_path_factory.mktemp('handmade')
     cfg = parse_config(['--profile', 'smoke', '--voc12_root', str(synthetic_voc), '--work_dir', str(work)])
@@ -188,7 +188,7 @@ def test_eval_cam_leakage_and_shift_figures_on_handmade_cams(handmade_run: Path,
 
 
 def test_summary_and_report_carry_the_context_figures(handmade_run: Path, synthetic_voc: Path) -> None:
-    from misc.report import image_leakage
+    from step.report import image_leakage
     summary = json.loads((handmade_run / 'metrics' / 'summary.json').read_text())
     for stage in ('baseline', 'cda'):
         assert all(summary[stage][key] is not None for key in CONTEXT_KEYS)

@@ -55,7 +55,8 @@ def test_confusion_matrix_edge_cases() -> None:
         cm.update(np.array([0]), np.array([3]))
     with pytest.raises(ValueError):
         cm.update(np.array([5]), np.array([0]))
-    assert len(ConfusionMatrix().compute()['iou']) == 21
+    from voc12.classes import VOC12
+    assert len(ConfusionMatrix(VOC12.num_labels, VOC12.ignore).compute()['iou']) == 21
 
 
 def test_label_from_scores() -> None:
@@ -145,7 +146,8 @@ def test_read_rgb_bad_files_name_the_file(tmp_path: Path, rgb: np.ndarray) -> No
 
 def test_read_label_png(tmp_path: Path) -> None:
     label = np.array([[0, 1, 255], [20, 5, 0]], np.uint8)
-    imutils.save_label_png(tmp_path / 'label.png', label)
+    from voc12.classes import VOC12
+    imutils.save_label_png(tmp_path / 'label.png', label, VOC12.palette)
     with Image.open(tmp_path / 'label.png') as image:
         assert image.mode == 'P'
     assert np.array_equal(imutils.read_label_png(tmp_path / 'label.png'), label)

@@ -46,7 +46,7 @@ def test_unchanged_rerun_redoes_nothing(work_copy, synthetic_voc):
     assert run_sample.main(_args(synthetic_voc, work_copy)) == 0
     after = _stamps(work_copy)
     assert after == before
-    record = json.loads((work_copy / 'fingerprints' / 'cam_to_ir_label.json').read_text())
+    record = json.loads((work_copy / 'fingerprints' / 'make_relation_labels.json').read_text())
     assert record['state'] == 'done' and record['settings']['conf_fg_thres'] == 0.6
 
 
@@ -56,13 +56,13 @@ def test_changed_threshold_redoes_its_step_and_the_ones_after(work_copy, synthet
     assert run_sample.main(_args(synthetic_voc, work_copy, '--steps', steps, '--conf_fg_thres', '0.65')) == 0
     after = _stamps(work_copy)
     assert _redone(before, after, 'cam/') == (0, N_CAMS)              # upstream of the change: kept
-    for prefix in ('ir_label/', 'weights/irn.pt', 'sem_seg/'):        # the step and the ones after it
+    for prefix in ('relation_label/', 'weights/irn.pt', 'sem_seg/'):        # the step and the ones after it
         redone, total = _redone(before, after, prefix)
         assert total and redone == total, prefix
     assert _redone(before, after, 'cda/') == (0, len([k for k in after if k.startswith('cda/')]))
     log = (work_copy / 'log.txt').read_text().splitlines()
-    assert any('cam_to_ir_label: redoing' in line and '--conf_fg_thres 0.6 -> 0.65' in line for line in log)
-    assert any('train_irn: redoing' in line and 'upstream cam_to_ir_label' in line for line in log)
+    assert any('make_relation_labels: redoing' in line and '--conf_fg_thres 0.6 -> 0.65' in line for line in log)
+    assert any('train_relation: redoing' in line and 'upstream make_relation_labels' in line for line in log)
     record = json.loads((work_copy / 'fingerprints' / 'eval_sem_seg.json').read_text())
     assert record['state'] == 'done'
 
@@ -131,26 +131,26 @@ def test_fingerprint_follows_settings_and_weights_files(tmp_path):
     import time
     from misc import fingerprint
     from misc.config import Config
-    from step import make_cam, train_cam
+    from step import make_cam, pipeline, train_cam
     weights = tmp_path / 'resnet18.pth'
     weights.write_bytes(b'one')
     cfg = Config(work_dir=tmp_path / 'work', pretrained=str(weights))
-    first = fingerprint.compute(cfg, 'train_cam', train_cam)
-    assert first == fingerprint.compute(cfg, 'train_cam', train_cam)
+    first = pipeline.fingerprint_of(cfg, 'train_cam', train_cam)
+    assert first == pipeline.fingerprint_of(cfg, 'train_cam', train_cam)
     assert 'cda_variant' not in first['settings']                    # a CDA-pass setting only
-    assert 'cda_variant' in fingerprint.compute(dataclasses.replace(cfg, stage='cda'), 'train_cam',
-                                                train_cam)['settings']
+    assert 'cda_variant' in pipeline.fingerprint_of(dataclasses.replace(cfg, stage='cda'), 'train_cam',
+                                                   train_cam)['settings']
     time.sleep(0.01)
     weights.write_bytes(b'other weights')                             # same path, new contents
-    second = fingerprint.compute(cfg, 'train_cam', train_cam)
+    second = pipeline.fingerprint_of(cfg, 'train_cam', train_cam)
     assert second['digest'] != first['digest'] and fingerprint.changes(first, second) == ['input pretrained']
-    epochs = fingerprint.compute(dataclasses.replace(cfg, cam_num_epoches=7), 'train_cam', train_cam)
+    epochs = pipeline.fingerprint_of(dataclasses.replace(cfg, cam_num_epoches=7), 'train_cam', train_cam)
     assert fingerprint.changes(second, epochs) == ['--cam_num_epoches 5 -> 7']
     # make_cam's fingerprint holds train_cam's recorded one
     fingerprint.finish(cfg, 'train_cam', second)
-    before = fingerprint.compute(cfg, 'make_cam', make_cam)
+    before = pipeline.fingerprint_of(cfg, 'make_cam', make_cam)
     fingerprint.finish(cfg, 'train_cam', epochs)
-    after = fingerprint.compute(cfg, 'make_cam', make_cam)
+    after = pipeline.fingerprint_of(cfg, 'make_cam', make_cam)
     assert fingerprint.changes(before, after) == ['upstream train_cam']
 
 
@@ -171,12 +171,12 @@ def test_cam_dropout_is_fingerprinted_for_resnet38_cam_nets_only(tmp_path):
     switch, so its value does not enter (and existing IRNet work dirs are not redone)."""
     import dataclasses
     from misc import fingerprint
-    from misc.config import parse_config
-    from step import train_cam, train_seam
+    from step import pipeline, train_cam, train_seam
+    from step.registry import parse_config
     for method, module in (('affinitynet', train_cam), ('seam', train_seam)):
         cfg = parse_config(['--method', method, '--work_dir', str(tmp_path / method)])
-        on = fingerprint.compute(dataclasses.replace(cfg, cam_dropout=True), 'train_cam', module)
-        off = fingerprint.compute(dataclasses.replace(cfg, cam_dropout=False), 'train_cam', module)
+        on = pipeline.fingerprint_of(dataclasses.replace(cfg, cam_dropout=True), 'train_cam', module)
+        off = pipeline.fingerprint_of(dataclasses.replace(cfg, cam_dropout=False), 'train_cam', module)
         assert fingerprint.changes(on, off) == ['--cam_dropout True -> False']
     irn = parse_config(['--work_dir', str(tmp_path / 'irn')])
-    assert 'cam_dropout' not in fingerprint.compute(irn, 'train_cam', train_cam)['settings']
+    assert 'cam_dropout' not in pipeline.fingerprint_of(irn, 'train_cam', train_cam)['settings']

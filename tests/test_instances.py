@@ -16,7 +16,7 @@ from misc.instance_metrics import InstanceAP, average_precision, evaluate_instan
 from step.eval_ins_seg import load_gt_instances
 from step.make_ins_seg_labels import (cluster_centroids, detect_instances, find_centroids_with_refinement,
                                       instances_from_irn)
-from voc12.classes import CAT_LIST, IGNORE
+from voc12.classes import CAT_LIST, IGNORE, VOC12
 from voc12.synthetic import SHIFT_ID_PREFIX, generate
 
 
@@ -132,7 +132,7 @@ def test_void_pixels_belong_to_no_instance():
 
 def test_several_thresholds_in_one_pass():
     half = box(SHAPE, 0, 8, 0, 5)                           # IoU 40 / 64 = 0.625 with A
-    ap = InstanceAP((0.25, 0.5, 0.75))
+    ap = InstanceAP(20, (0.25, 0.5, 0.75))
     ap.update(half[None], [1], [0.5], A[None], [1])
     result = ap.compute()
     assert [result[t]['map'] for t in (0.25, 0.5, 0.75)] == [1.0, 1.0, 0.0]
@@ -154,7 +154,7 @@ def test_coco_export_reads_back_with_pycocotools(tmp_path):
         masks = rng.random((n, 24, 32)) < 0.3
         written[image_id] = {'masks': masks, 'classes': rng.integers(0, 20, n), 'scores': rng.random(n) + 0.01}
     written['2007_000003']['scores'][1] = 0.0              # a fragment: left out of the export
-    payload = coco.export(list(written), written.__getitem__)
+    payload = coco.export(list(written), written.__getitem__, VOC12)
     path = tmp_path / 'ann.json'
     coco.write(path, payload)
     api = COCO(str(path))
@@ -185,7 +185,7 @@ def test_coco_export_loads_in_torchvision(tmp_path):
     masks = np.stack([box((24, 32), 2, 10, 3, 12), box((24, 32), 12, 20, 15, 30)])
     save_rgb(tmp_path / 'img' / 'a.jpg', np.zeros((24, 32, 3), np.uint8))
     payload = coco.export(['a'], lambda _: {'masks': masks, 'classes': np.array([14, 11]),
-                                            'scores': np.array([0.9, 0.4])})
+                                            'scores': np.array([0.9, 0.4])}, VOC12)
     coco.write(tmp_path / 'ann.json', payload)
     dataset = wrap_dataset_for_transforms_v2(CocoDetection(str(tmp_path / 'img'), str(tmp_path / 'ann.json')),
                                              target_keys=('boxes', 'labels', 'masks'))
@@ -250,7 +250,7 @@ def test_older_dataset_gets_its_instance_masks(tmp_path):
 def test_eval_ins_seg_skips_without_instance_ground_truth(tmp_path, caplog):
     import logging
     import shutil
-    from misc.config import parse_config
+    from step.registry import parse_config
     from step import eval_ins_seg
     root = generate(tmp_path / 'voc', n_train=2, n_val=1, size=32, seed=0)
     shutil.rmtree(root / 'SegmentationObject')

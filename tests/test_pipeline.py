@@ -21,7 +21,7 @@ def test_every_step_writes_its_outputs(smoke_run, synthetic_voc):
                 keys, strided, high_res = cam['keys'], cam['cam'], cam['high_res']
             assert strided.shape == (len(keys), 16, 16) and high_res.shape == (len(keys), 64, 64)
             assert np.all(high_res <= 1.0 + 1e-6) and np.all(high_res >= 0)
-            ir = read_label_png(stage / 'ir_label' / f'{image_id}.png')
+            ir = read_label_png(stage / 'relation_label' / f'{image_id}.png')
             assert set(np.unique(ir)) <= {0, 255} | set((keys + 1).tolist())
             mask = read_label_png(stage / 'sem_seg' / f'{image_id}.png')
             assert mask.shape == (64, 64)

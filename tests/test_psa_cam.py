@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from misc.cda import ObjectBank
-from misc.config import Config, parse_config
+from misc.config import Config
+from step.registry import parse_config
 from misc.imutils import BadInputError
 from net import resnet38_cls, weights
 from net.resnet50_cam import Net as Res50Cam
@@ -50,17 +51,17 @@ def test_cam_dropout_switch(module):
     build = importlib.import_module(module).build
     cfg = parse_config(['--method', 'affinitynet', '--profile', 'smoke'])
     rates = lambda net: sorted(m.p for m in net.modules() if isinstance(m, torch.nn.Dropout2d))   # noqa: E731
-    assert cfg.cam_dropout and rates(build(cfg)) == [0.3, 0.3, 0.5, 0.5, 0.5]
+    assert cfg.cam_dropout and rates(build(cfg, 20)) == [0.3, 0.3, 0.5, 0.5, 0.5]
     off = parse_config(['--method', 'affinitynet', '--profile', 'smoke', '--no-cam_dropout'])
     torch.manual_seed(0)
-    net = build(off).train()
+    net = build(off, 20).train()
     assert rates(net) == [0.0] * 5
     x = torch.rand(2, 3, 40, 40)
     first, second = net(x), net(x)
     for a, b in zip(first if isinstance(first, tuple) else (first,),
                     second if isinstance(second, tuple) else (second,)):
         assert torch.equal(a, b)
-    assert list(net.state_dict()) == list(build(cfg).state_dict())
+    assert list(net.state_dict()) == list(build(cfg, 20).state_dict())
 
 
 def test_cam_net_with_imagenet_layout_freezes_the_reference_layers():

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from misc import torchutils                                              # noqa: E402
-from misc.config import parse_config                                      # noqa: E402
+from step.registry import parse_config                                      # noqa: E402
 from misc.seam_losses import adaptive_min_pooling_loss, max_norm, max_onehot, seam_losses   # noqa: E402
 from net.resnet38_seam import Net, pcm_input_scores, pixel_correlation    # noqa: E402
 from step import make_cam_seam, train_cam, train_seam                     # noqa: E402

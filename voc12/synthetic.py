@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from misc.imutils import atomic_path, save_label_png, save_rgb
-from voc12.classes import CAT_LIST, IGNORE, N_CAT
+from voc12.classes import CAT_LIST, IGNORE, N_CAT, VOC12
 
 logger = logging.getLogger(__name__)
 
@@ -524,13 +524,13 @@ def _add_instance_masks(out: Path, n_train: int, n_val: int, size: int, context_
     for image_id, render in _renderers(n_train, n_val, size, context_bias, seed, n_shift):
         path = out / 'SegmentationObject' / f'{image_id}.png'
         if not path.is_file():
-            save_label_png(path, render().instance_label)
+            save_label_png(path, render().instance_label, VOC12.palette)
 
 
 def _write_sample(out: Path, image_id: str, size: int, sample: SyntheticImage) -> None:
     save_rgb(out / 'JPEGImages' / f'{image_id}.jpg', sample.image)
-    save_label_png(out / 'SegmentationClass' / f'{image_id}.png', sample.label)
-    save_label_png(out / 'SegmentationObject' / f'{image_id}.png', sample.instance_label)
+    save_label_png(out / 'SegmentationClass' / f'{image_id}.png', sample.label, VOC12.palette)
+    save_label_png(out / 'SegmentationObject' / f'{image_id}.png', sample.instance_label, VOC12.palette)
     _write_bytes(out / 'Annotations' / f'{image_id}.xml', annotation_xml(image_id, size, sample.objects))
 
 
