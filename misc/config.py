@@ -434,7 +434,7 @@ def parse_config(argv: Optional[Sequence[str]], catalog: Catalog) -> Config:
         steps = [catalog.step_aliases.get(s.strip(), s.strip()) for s in steps_arg.split(',') if s.strip()]
         unknown = [s for s in steps if s not in all_steps]
         if unknown:
-            parser.error(f'unknown step(s) {",".join(unknown)}; known: {",".join(all_steps)}')
+            parser.error(f'--steps: unknown step(s) {",".join(unknown)}; known: {",".join(all_steps)}')
     elif cda_only:
         steps = list(catalog.cda_steps)
     elif cda or (profile == 'demo' and explicit_cda is None):

@@ -24,11 +24,14 @@ def test_demo_default_runs_baseline_and_cda() -> None:
 
 
 def rejected(argv: list[str], capsys: pytest.CaptureFixture) -> str:
-    """Parse `argv`, expect argparse's exit (status 2), and return the error text."""
+    """Parse `argv`, expect argparse's exit (status 2), and return the error line (the usage line before it
+    names every flag, so only the last line can tell which value was refused)."""
     with pytest.raises(SystemExit) as exc:
         parse_config(argv)
     assert exc.value.code == 2
-    return capsys.readouterr().err
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1].startswith('run_sample.py: error: ')
+    return lines[-1]
 
 
 # ----------------------------------------------------------------------------- step switches
@@ -243,3 +246,27 @@ def test_demo_fine_tunes_the_irn_backbone_and_paper_keeps_it_frozen() -> None:
     assert demo.pretrained == 'none' and demo.irn_backbone_lr_mult > 0
     assert paper.pretrained == 'imagenet' and paper.irn_backbone_lr_mult == 0
     assert (paper.conf_fg_thres, paper.conf_bg_thres, paper.exp_times) == (0.30, 0.05, 8)   # the reference's
+
+
+@pytest.mark.parametrize('method, backbone', [('seam', 'resnet50'), ('seam', 'resnet18'),
+                                              ('affinitynet', 'resnet50'), ('irn', 'resnet38')])
+def test_a_backbone_that_does_not_fit_the_method_is_one_error_line(method, backbone, capsys) -> None:
+    line = rejected(['--method', method, '--backbone', backbone], capsys)
+    assert line == (f'run_sample.py: error: --backbone {backbone} does not fit --method {method}: affinitynet '
+                    'and seam use resnet38, irn resnet50 or resnet18')
+
+
+def test_the_reference_names_are_aliases_of_the_slots(tmp_path) -> None:
+    weights = tmp_path / 'res50_irn.pth'
+    weights.write_bytes(b'x')
+    by_alias = parse_config(['--profile', 'smoke', '--irn_weights', str(weights), '--steps', 'cam_to_ir_label,train_irn',
+                             '--cda_train_irn_pass'])
+    by_slot = parse_config(['--profile', 'smoke', '--relation_weights', str(weights), '--steps',
+                            'make_relation_labels,train_relation', '--cda_train_relation_pass'])
+    assert by_alias == by_slot
+    assert by_slot.steps == ('make_relation_labels', 'train_relation', 'cda_train_relation')
+    assert by_slot.relation_weights == weights
+    assert steps_of('--no-train_irn_pass') == tuple(s for s in PASS_STEPS if s != 'train_relation')
+    old = json.loads(by_slot.to_json())
+    old['irn_weights'] = old.pop('relation_weights')      # a config.json written before the rename
+    assert from_dict(old) == by_slot
