@@ -81,22 +81,33 @@ def test_two_gloo_processes_match_one(synthetic_voc, frozen_weights, tmp_path):
         assert (m1[key] is None and m2[key] is None) or m1[key] == pytest.approx(m2[key], abs=1e-4)
 
 
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+from misc import torchutils
+import run_sample
+save = torchutils.save_epoch_checkpoint
+
+def save_then_die(path, model, optimizer, scheduler, epoch, config):
+    save(path, model, optimizer, scheduler, epoch, config)
+    if epoch == int(os.environ['KILL_AFTER_EPOCH']):
+        os.kill(os.getpid(), signal.SIGKILL)       # as a kill -9 right after the checkpoint is written
+
+torchutils.save_epoch_checkpoint = save_then_die
+sys.exit(run_sample.main(sys.argv[1:]))
+"""
+
+
 def test_killed_training_resumes_to_the_same_weights(synthetic_voc, frozen_weights, tmp_path):
     steps = ['--steps', 'train_cam', '--cam_num_epoches', 6]
     run(smoke_args(synthetic_voc, tmp_path / 'straight', frozen_weights, *steps))
     work = tmp_path / 'killed'
     checkpoint, final = work / 'weights' / 'cam_checkpoint.pt', work / 'weights' / 'cam.pt'
-    process = subprocess.Popen([sys.executable] + smoke_args(synthetic_voc, work, frozen_weights, *steps),
-                               cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    if final.exists():
-        pytest.skip('training finished before it could be killed')
-    killed_after = torch.load(checkpoint, map_location='cpu', weights_only=False)['epoch']
-    assert killed_after < 5
+    args = smoke_args(synthetic_voc, work, frozen_weights, *steps)[1:]       # without the script's name
+    killed = subprocess.run([sys.executable, '-c', KILL_AFTER_CHECKPOINT, *map(str, args)], cwd=ROOT,
+                            env=dict(ENV, KILL_AFTER_EPOCH='2'), capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL and not final.exists()
+    assert torch.load(checkpoint, map_location='cpu', weights_only=False)['epoch'] == 2
     run(smoke_args(synthetic_voc, work, frozen_weights, *steps, '--resume'))
     a, b = state(tmp_path / 'straight' / 'weights' / 'cam.pt'), state(final)
     for key in a:
