@@ -1,7 +1,9 @@
-"""Command-line flags -> one frozen `Config`.
+"""Command-line flags -> one frozen `Config`, with the steps and methods a `Catalog` lists
+(step.registry.parse_config hands in the registry's; misc/ imports no step, network or dataset module).
 
-Defaults are the published (paper) settings; `--profile demo|smoke` swaps in smaller ones, and any
-flag given explicitly wins over the profile. Nothing here runs at import time.
+Defaults are the published (paper) settings of IRNet; each method's own are in its methods/ module;
+`--profile demo|smoke` swaps in smaller ones, and any flag given explicitly wins over the profile.
+Nothing here runs at import time.
 """
 from __future__ import annotations
 
@@ -194,17 +196,13 @@ class Config:
 # Per-profile defaults; explicit flags override them.
 PROFILES: dict[str, dict[str, Any]] = {
     'paper': {},
-    # A 2-core CPU, baseline + CDA, every step, within about 15 minutes (measured: see README).
+    # A 2-core CPU, baseline + CDA, every step, within about 15 minutes: how each value was chosen, docs/demo.md.
     'demo': dict(
         backbone='resnet18', pretrained='none', synthetic_n_train=300, synthetic_n_val=100,
         synthetic_n_shift=100, synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=16,
         cam_num_epoches=8, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
         irn_crop_size=128, irn_batch_size=16, irn_num_epoches=4, irn_learning_rate=0.1,
-        # IR labels 0.5/0.2 (found by --sweep on seed 0, see README: at VOC's 0.30/0.05 only 56% of the
-        # "confident foreground" was right, 75% at 0.5/0.2); the IRN fine-tunes the CAM backbone (a
-        # classification backbone makes a weak boundary map). The CAM threshold and the walk (2^5 steps,
-        # background 0.25, the default) were chosen by `benchmarks/demo_seeds.py --tune_seeds 100..107`,
-        # each by its own mean mIoU on baselines of seeds outside the README's seed table.
+        # stricter IR labels and a fine-tuned IRN backbone: a from-scratch classifier is weaker than VOC's
         cam_eval_thres=0.2, conf_fg_thres=0.5, conf_bg_thres=0.2, irn_backbone_lr_mult=1.0, exp_times=5,
         ins_seg_coco=True,
     ),

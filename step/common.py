@@ -176,28 +176,35 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
     return stats
 
 
-def fit_epochs(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, loader: DataLoader,
-               optimizer, scheduler, device: torch.device, cfg: Config, num_epochs: int,
-               checkpoint_path: Path | None, one_epoch: Callable, loss_keys: Sequence[str]) -> list[dict]:
-    """The epoch loop of the pair-trained networks (IRN, AffinityNet): with --resume, `model`, its optimizer
-    and schedule continue from `checkpoint_path`; `to_wrap` (the module whose forward gives the loss) is
-    wrapped for DDP; each epoch reseeds the samples and the sampler, runs `one_epoch(wrapped, epoch)`,
-    logs the `loss_keys` of its stats and saves the epoch checkpoint. Returns the epochs' stats."""
+def fit(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, loader: DataLoader, optimizer,
+        scheduler, device: torch.device, cfg: Config, num_epochs: int, checkpoint_path: Path | None,
+        one_epoch: Callable, loss_keys: Sequence[str], validate: Callable | None = None,
+        sync_bn: bool = False) -> list[dict]:
+    """The epoch loop of every training step. With --resume, `model`, its optimizer and schedule continue
+    from `checkpoint_path`; `to_wrap` (the module whose forward the loss calls) is wrapped for DDP (with
+    `sync_bn`, trainable BatchNorm sees the global batch); each epoch reseeds the samples and the sampler,
+    runs `one_epoch(wrapped, epoch) -> stats`, adds `validate(wrapped)` as `val_loss` where given, logs the
+    `loss_keys` of its stats (and their `parts`), and saves the epoch checkpoint. Returns the epochs' stats."""
     start_epoch = 0
     if cfg.resume and checkpoint_path is not None and checkpoint_path.is_file():
         start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
-    wrapped = torchutils.wrap_ddp(to_wrap, device)
+    wrapped = torchutils.wrap_ddp(to_wrap, device, sync_bn=sync_bn)
     label = name + ('/' + cfg.stage if cfg.stage else '')
     history = []
     for epoch in range(start_epoch, num_epochs):
         dataset.set_epoch(epoch)
         loader.sampler.set_epoch(epoch)
         stats = one_epoch(wrapped, epoch)
+        if validate is not None:
+            stats['val_loss'] = validate(wrapped)
         stats['epoch'] = epoch + 1
         history.append(stats)
+        figures = [f'{key} {stats[key]:.4f}' for key in loss_keys if key in stats]
+        figures += [f'{key} {value:.4f}' for key, value in stats.get('parts', {}).items()]
+        if validate is not None:
+            figures.append(f'val loss {stats["val_loss"]:.4f}')
         logger.info('%s epoch %d/%d: %s, %.1f img/s (data %.1fs of %.1fs)', label, epoch + 1, num_epochs,
-                    ', '.join(f'{key} {stats[key]:.4f}' for key in loss_keys if key in stats),
-                    stats['images_per_s'], stats['data_seconds'], stats['seconds'])
+                    ', '.join(figures), stats['images_per_s'], stats['data_seconds'], stats['seconds'])
         if checkpoint_path is not None:
             torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
     return history

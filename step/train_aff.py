@@ -73,7 +73,7 @@ def fit(model: Net, dataset: CrfAffinityDataset, cfg: Config, device: torch.devi
     max_step = (len(dataset) // cfg.aff_batch_size) * cfg.aff_num_epoches
     optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.aff_learning_rate,
                                                cfg.aff_weight_decay, max_step)
-    history = common.fit_epochs(
+    history = common.fit(
         'train_aff', model, model, dataset, loader, optimizer, scheduler, device, cfg, cfg.aff_num_epoches,
         checkpoint_path, lambda wrapped, epoch: train_one_epoch(wrapped, loader, optimizer, scheduler, device, cfg,
                                                                 epoch),

@@ -178,26 +178,13 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, wrap=l
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.cam_learning_rate,
                                                cfg.cam_weight_decay, max_steps(cfg, len(train_set), steps_per_epoch))
-    start_epoch = 0
-    if cfg.resume and checkpoint_path.is_file():
-        start_epoch = torchutils.resume_training(checkpoint_path, model, optimizer, scheduler)
+    validation = None if validate_fn is None else lambda wrapped: validate_fn(wrapped, val_loader, device, cfg)
     # trainable BN (from scratch): statistics over the global batch, as in a single process
-    ddp_model = torchutils.wrap_ddp(wrap(model), device, sync_bn=cfg.pretrained == 'none')
-    history = []
-    for epoch in range(start_epoch, cfg.cam_num_epoches):
-        train_set.set_epoch(epoch)
-        train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, device, cfg, epoch, loss_fn)
-        if validate_fn is not None:
-            stats['val_loss'] = validate_fn(ddp_model, val_loader, device, cfg)
-        stats['epoch'] = epoch + 1
-        history.append(stats)
-        parts = ''.join(f', {k} {v:.4f}' for k, v in stats.get('parts', {}).items())
-        logger.info('train_cam%s epoch %d/%d: loss %.4f%s, val loss %s, %.1f img/s (data %.1fs of %.1fs)',
-                    '/' + cfg.stage if cfg.stage else '', epoch + 1, cfg.cam_num_epoches, stats['loss'], parts,
-                    f"{stats['val_loss']:.4f}" if 'val_loss' in stats else '-', stats['images_per_s'],
-                    stats['data_seconds'], stats['seconds'])
-        torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
+    history = common.fit('train_cam', model, wrap(model), train_set, train_loader, optimizer, scheduler, device,
+                         cfg, cfg.cam_num_epoches, checkpoint_path,
+                         lambda wrapped, epoch: train_one_epoch(wrapped, train_loader, optimizer, scheduler, device,
+                                                                cfg, epoch, loss_fn),
+                         ('loss',), validate=validation, sync_bn=cfg.pretrained == 'none')
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
     torchutils.barrier()
     return {'epochs': history, 'max_step': max_steps(cfg, len(train_set), steps_per_epoch),

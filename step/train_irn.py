@@ -63,11 +63,12 @@ def make_optimizer(model, cfg: Config, max_step: int):
 
 
 def train_one_epoch(loss_model, loader, optimizer, scheduler, device, cfg: Config, epoch: int) -> dict:
+    irn_loss = importlib.import_module(cfg.irn_network).irn_loss     # the network module's loss, looked up once
+
     def loss_of(model, img, labels, counts, world):
         with torchutils.autocast(device, cfg.amp):
             losses = model(img)
-        return importlib.import_module(cfg.irn_network).irn_loss([loss.float() for loss in losses], *labels,
-                                                                  pair_counts=counts, world=world)
+        return irn_loss([loss.float() for loss in losses], *labels, pair_counts=counts, world=world)
     desc = f'train_irn{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/{cfg.irn_num_epoches}'
     return common.train_pairs_one_epoch(loss_model, loader, optimizer, scheduler, device, cfg, desc, loss_of)
 
@@ -115,7 +116,7 @@ def run(cfg: Config) -> dict:
     loss_model = importlib.import_module(cfg.irn_network).AffinityDisplacementLoss(model, path_index).to(device)
     max_step = (len(dataset) // cfg.irn_batch_size) * cfg.irn_num_epoches
     optimizer, scheduler = make_optimizer(model, cfg, max_step)
-    history = common.fit_epochs(
+    history = common.fit(
         'train_irn', model, loss_model, dataset, loader, optimizer, scheduler, device, cfg, cfg.irn_num_epoches,
         checkpoint_path, lambda wrapped, epoch: train_one_epoch(wrapped, loader, optimizer, scheduler, device, cfg,
                                                                 epoch),

@@ -337,3 +337,22 @@ def test_two_gloo_processes_match_one(tmp_path) -> None:
 
 if __name__ == '__main__' and len(sys.argv) == 3 and sys.argv[1] == 'ddp-worker':
     ddp_worker(Path(sys.argv[2]))
+
+
+def test_seam_runs_through_run_sample(synthetic_voc, tmp_path) -> None:
+    """The smoke profile of --method seam, baseline pass, by the command line every user runs."""
+    import json
+    import run_sample
+    work = tmp_path / 'work'
+    code = run_sample.main(['--method', 'seam', '--profile', 'smoke', '--voc12_root', str(synthetic_voc),
+                            '--work_dir', str(work), '--cda', 'false', '--num_workers', '0'])
+    assert code == 0
+    assert (work / 'weights' / 'cam.pt').is_file() and (work / 'weights' / 'aff.pt').is_file()
+    records = sorted(p.stem for p in (work / 'fingerprints').glob('*.json'))
+    assert records == sorted(['train_cam', 'make_cam', 'eval_cam', 'make_relation_labels', 'train_relation',
+                              'make_sem_seg', 'eval_sem_seg'])
+    config = json.loads((work / 'config.json').read_text())
+    assert config['cam_network'] == 'net.resnet38_seam' and config['method'] == 'seam'
+    for name in ('eval_cam', 'eval_sem_seg'):
+        result = json.loads((work / 'metrics' / f'{name}.json').read_text())
+        assert 0 <= result['miou'] <= 1 and len(result['iou']) == 21
