@@ -127,6 +127,7 @@ class Config:
     aff_weight_decay: float = 5e-4
     rw_alpha: float = 16.0                    # background (1 - max)^alpha of the walked scores (SEAM 6);
                                               # the walk's beta and 2^exp_times steps are beta, exp_times
+    rw_crf: bool = False                      # SEAM's infer_aff.py --crf: one CRF iteration after the walk
     # ---- SEAM (--method seam)
     seam_scale: float = 0.3                   # the second branch's downscale (the equivariance transform)
     seam_ecr_ratio: float = 0.2               # share of the hardest entries the ECR loss averages
@@ -366,6 +367,8 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     g.add_argument('--aff_weight_decay', type=float)
     g.add_argument('--rw_alpha', type=positive_float, help='background power of the walked scores (the walk '
                    'itself uses --beta and 2^--exp_times steps)')
+    g.add_argument('--rw_crf', action=_BoolFlag, help='SEAM\'s infer_aff.py --crf: one iteration of the soft CRF '
+                   'on the walked scores before the argmax (off by default, as in SEAM)')
 
     g = p.add_argument_group('SEAM (--method seam)')
     g.add_argument('--seam_scale', type=unit_float, help='downscale of the second branch (default 0.3)')

@@ -17,7 +17,8 @@ from misc.indexing import _search_directions, affinity_random_walk, pair_indices
 from misc.imutils import read_label_png, save_rgb
 from net.resnet38 import ResNet38
 from net.resnet38_aff import Net, affinity_loss, affinity_loss_terms, build_net, pair_affinity
-from step.make_sem_seg_aff import label_from_walk, pooled_scores, sem_seg_from_affinity, walk_radius
+from step.make_sem_seg_aff import (denormalized_uint8, label_from_walk, pooled_scores, sem_seg_from_affinity,
+                                   walk_radius)
 from voc12.aff_dataset import CrfAffinityDataset, block_mean, confident_label
 from voc12.dataloader import affinity_labels_in_radius
 
@@ -334,6 +335,76 @@ def test_sem_seg_from_affinity_on_a_tiny_net():
     assert (walked.amax(dim=(1, 2)) <= scores.amax(dim=(1, 2)) + 1e-6).all()
     label0, walked0 = sem_seg_from_affinity(model, img, cams, np.array([3, 8]), 16, 8, 0)
     assert label0[10, 10] == 4 and label0[70, 85] == 9                                # one step keeps the cores
+    label_crf, walked_crf = sem_seg_from_affinity(model, img, cams, np.array([3, 8]), 16, 8, 3, crf=True)
+    assert label_crf.shape == (75, 90) and set(np.unique(label_crf)) <= {0, 4, 9}
+    torch.testing.assert_close(walked_crf, walked)                                  # the CRF follows the walk
+
+
+def reference_background(present: dict[int, np.ndarray], alpha: float, n_classes: int = 20) -> np.ndarray:
+    """The reference's background row: every class's map, absent ones 0, then (1 - max over classes)^alpha."""
+    full = np.zeros((n_classes,) + next(iter(present.values())).shape, np.float32)
+    for c, cam in present.items():
+        full[c] = cam
+    return (1 - full.max(axis=0)) ** alpha
+
+
+def test_walk_background_counts_absent_classes_as_zero_as_the_reference():
+    # SEAM's normalised CAMs are negative where a class was cut, so the max over the present classes
+    # alone is negative there; the reference's max also sees the absent classes' zeros and stays >= 0.
+    rng = np.random.default_rng(0)
+    cams = rng.uniform(-0.3, 1.0, (2, 16, 16)).astype(np.float32)
+    cams[:, :8, :8] = -0.2                                          # every present class below 0
+    ours = pooled_scores(cams, 6, (16, 16))[0].numpy()
+    ref = reference_background({3: cams[0], 11: cams[1]}, 6)
+    ref_pooled = ref.reshape(2, 8, 2, 8).mean(axis=(1, 3))
+    np.testing.assert_allclose(ours, ref_pooled, rtol=1e-6)
+    assert ours[0, 0] == pytest.approx(1.0)                         # (1 - 0)^6, not (1 + 0.2)^6 = 2.99
+    every = rng.uniform(-0.3, 1.0, (20, 8, 8)).astype(np.float32)   # all classes present: no zero to add
+    every[:, :4] = -0.1
+    np.testing.assert_allclose(pooled_scores(every, 2, (8, 8), num_classes=20)[0, 0, 0].numpy(),
+                               ((1 + 0.1) ** 2 * 32 + ((1 - every[:, 4:].max(axis=0)) ** 2).sum()) / 64, rtol=1e-5)
+    assert pooled_scores(np.zeros((0, 8, 8), np.float32), 4, (8, 8)).numpy().tolist() == [[[1.0]]]
+
+
+def test_denormalized_uint8_undoes_the_normalisation_and_pads_with_the_mean():
+    from misc.imutils import hwc_to_chw, normalize
+    img = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x = torch.from_numpy(hwc_to_chw(normalize(img)))
+    back = denormalized_uint8(torch.nn.functional.pad(x, (0, 1, 0, 3)))
+    assert back.shape == (8, 8, 3) and back.dtype == np.uint8
+    assert np.abs(back[:5, :7].astype(int) - img).max() <= 1          # truncation, as the reference's astype
+    assert back[7, 7].tolist() == [123, 116, 103]                     # 0 in normalised space: the mean colour
+
+
+def test_walk_crf_is_one_soft_crf_iteration_over_all_classes():
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+    rng = np.random.default_rng(3)
+    walked = torch.from_numpy(rng.uniform(0, 1, (3, 3, 4)).astype(np.float32))
+    image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    keys = np.array([2, 14])
+    ours = label_from_walk(walked, keys, (21, 30), crf_image=image)
+    up = torch.nn.functional.interpolate(walked[None], size=(24, 32), mode='bilinear', align_corners=False)[0]
+    full = np.zeros((21, 24, 32), np.float32)
+    full[[0, 3, 15]] = up.numpy()
+    crf = dcrf.DenseCRF2D(32, 24, 21)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(full)))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(image), compat=10)
+    ref = np.argmax(np.asarray(crf.inference(1)).reshape(21, 24, 32), axis=0)[:21, :30]
+    np.testing.assert_array_equal(ours, ref)
+    plain = label_from_walk(walked, keys, (21, 30))
+    assert set(np.unique(ours)) <= {0, 3, 15} and (ours != plain).any()   # the CRF moved some pixels
+
+
+def test_rw_crf_is_a_real_boolean_flag_and_part_of_the_walk_fingerprint():
+    from step import make_sem_seg_aff
+    from step.registry import parse_config
+    assert parse_config(['--method', 'seam']).rw_crf is False
+    cfg = parse_config(['--method', 'seam', '--rw_crf'])
+    assert cfg.rw_crf is True
+    assert parse_config(['--method', 'seam', '--rw_crf', 'false']).rw_crf is False
+    assert 'rw_crf' in make_sem_seg_aff.settings(cfg)
 
 
 # ----------------------------------------------------------------------------- torchrun
