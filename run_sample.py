@@ -33,6 +33,8 @@ def one_line(error: Exception) -> str:
 
 
 def setup_logging(cfg: Config, main_process: bool) -> None:
+    from misc import progress
+    progress.configure(cfg.progress)
     handlers: list[logging.Handler] = []
     if main_process:
         console = logging.StreamHandler(sys.stdout)

@@ -75,6 +75,7 @@ class Config:
     overwrite: bool = False
     resume: bool = False
     debug: bool = False
+    progress: str = 'auto'                     # auto (bar on a terminal, log lines otherwise) | bar | log | off
     amp: bool = False
     channels_last: bool = False
     pretrained: str = 'imagenet'               # imagenet | none | PATH to a torchvision state dict
@@ -301,6 +302,8 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     g.add_argument('--overwrite', action=_BoolFlag, help='redo per-image outputs that already exist')
     g.add_argument('--resume', action=_BoolFlag, help='continue training from the last epoch checkpoint')
     g.add_argument('--debug', action=_BoolFlag, help='show tracebacks for input errors')
+    g.add_argument('--progress', choices=('auto', 'bar', 'log', 'off'), help='progress bars (bar), one log line '
+                   'every 30 s (log, for cluster logs), or none; auto (default): bar on a terminal, log otherwise')
     g.add_argument('--amp', action=_BoolFlag, help='autocast on CUDA (bf16 where supported)')
     g.add_argument('--channels_last', action=_BoolFlag, help='channels_last memory format on CUDA')
     g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
