@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
 from misc.dataset import DatasetInfo
 from misc.imutils import BadInputError
+from misc.progress import progress
 from voc12 import dataloader
 from voc12.classes import VOC12
 
@@ -155,7 +155,7 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
     totals, images, data_time, start = {}, 0, 0.0, time.perf_counter()
     tick = time.perf_counter()
     world = torchutils.world_size()
-    bar = tqdm(loader, desc=desc, disable=not torchutils.is_main_process(), leave=False)
+    bar = progress(loader, desc=desc, disable=not torchutils.is_main_process(), leave=False)
     for batch in bar:
         data_time += time.perf_counter() - tick
         img = batch['img'].to(device, non_blocking=True)
@@ -216,8 +216,8 @@ def run_in_workers(worker: Callable, jobs: Sequence, num_workers: int, desc: str
     bar = dict(total=len(jobs), desc=desc, disable=not torchutils.is_main_process())
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context('spawn')) as pool:
-            for _ in tqdm(pool.map(worker, jobs, chunksize=4), **bar):
+            for _ in progress(pool.map(worker, jobs, chunksize=4), **bar):
                 pass
     else:
-        for job in tqdm(jobs, **bar):
+        for job in progress(jobs, **bar):
             worker(job)

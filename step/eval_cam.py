@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from misc import metrics, torchutils
 from misc.config import Config
+from misc.progress import progress
 from step import common
 from voc12 import dataloader
 
@@ -49,7 +49,7 @@ def evaluate(cfg: Config, ids: list[str], scores_of: Callable[[str], tuple[np.nd
     thresholds = [configured] + [t for t in sweep if abs(t - configured) > 1e-9]
     data = common.dataset(cfg)
     matrices = [metrics.ConfusionMatrix(data.num_labels, data.ignore) for _ in thresholds]
-    for image_id in tqdm(torchutils.shard(ids), desc=name, disable=not torchutils.is_main_process()):
+    for image_id in progress(torchutils.shard(ids), desc=name, disable=not torchutils.is_main_process()):
         scores, keys = scores_of(image_id)
         gt = dataloader.load_gt_mask(cfg.dataset_root, image_id, scores.shape[1:])
         for threshold, matrix in zip(thresholds, matrices):

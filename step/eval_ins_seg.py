@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from misc import imutils, metrics, torchutils
 from misc.config import Config
 from misc.imutils import BadInputError
 from misc.instance_metrics import InstanceAP
+from misc.progress import progress
 from step import common
 from step.make_ins_seg_labels import ins_seg_dir, read_instances
 from voc12.classes import CAT_LIST, IGNORE
@@ -87,7 +87,7 @@ def run(cfg: Config) -> dict:
     chainercv_rule = InstanceAP(n_classes, IOU_THRESHOLDS)
     void_ignored = InstanceAP(n_classes, (0.5,), ignore_void=True)
     n_gt = n_pred = 0
-    for image_id in tqdm(with_gt, desc='eval_ins_seg'):
+    for image_id in progress(with_gt, desc='eval_ins_seg'):
         pred = read_instances(output_of(image_id))
         gt_masks, gt_classes, void = load_gt_instances(cfg.dataset_root, image_id)
         if pred['masks'].shape[1:] != void.shape:

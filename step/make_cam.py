@@ -20,10 +20,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import imutils, torchutils
 from misc.config import Config
+from misc.progress import progress
 from step import common
 from step.train_cam import build_model
 from voc12 import dataloader
@@ -118,8 +118,8 @@ def write_cams(cfg: Config, cams_of: Callable, desc: str) -> dict:
         return {'images': 0}
     model = load_cam_model(cfg, device)
     dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, labels, cfg.cam_scales)
-    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc=desc,
-                     disable=not torchutils.is_main_process()):
+    for pack in progress(common.inference_loader(dataset, cfg), total=len(dataset), desc=desc,
+                         disable=not torchutils.is_main_process()):
         keys, strided, high_res = cams_of(model, pack, device)
         imutils.save_npz(output_of(pack['name']), keys=np.asarray(keys, np.int64),
                          cam=np.asarray(strided, np.float32), high_res=np.asarray(high_res, np.float32))

@@ -19,12 +19,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from misc.cda import ObjectBank, mask_bbox
 from misc import fingerprint, torchutils
 from misc.config import Config
 from misc.imutils import BadInputError, atomic_path, read_label_png, read_rgb, save_label_png, save_rgb
+from misc.progress import progress
 from step import common, pipeline
 from voc12.classes import N_CAT
 
@@ -172,7 +172,7 @@ def _build(cfg: Config, label_paths: Sequence[Path], bank_dir: Path) -> None:
     _clear_bank(bank_dir, class_names)
     image_dir = cfg.dataset_root / 'JPEGImages'
     entries: list[dict[str, Any]] = []
-    for label_path in tqdm(label_paths, desc='make_object_bank', unit='img'):
+    for label_path in progress(label_paths, desc='make_object_bank', unit='img'):
         image_id = label_path.stem
         image_path = image_dir / f'{image_id}.jpg'
         if not image_path.is_file():

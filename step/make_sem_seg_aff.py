@@ -27,11 +27,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import imutils, torchutils
 from misc.config import Config
 from misc.indexing import affinity_random_walk, pair_indices
+from misc.progress import progress
 from net.resnet38_aff import Net, build_net, pair_affinity
 from step import common
 from step.train_aff import weights_path
@@ -191,8 +191,8 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
         return {'images': 0}
     model = load_aff(cfg, device)
     dataset = dataloader.MultiScaleDataset(todo, cfg.dataset_root, None, (1.0,))
-    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_sem_seg_aff',
-                     disable=not torchutils.is_main_process()):
+    for pack in progress(common.inference_loader(dataset, cfg), total=len(dataset), desc='make_sem_seg_aff',
+                         disable=not torchutils.is_main_process()):
         image_id = pack['name']
         with np.load(cam_of(image_id)) as cam:
             cams, keys = cam['high_res'].astype(np.float32), cam['keys']

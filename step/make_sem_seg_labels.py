@@ -17,12 +17,12 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import imutils, torchutils
 from misc.config import Config
 from misc.indexing import propagate_to_edge
 from misc.metrics import label_from_scores
+from misc.progress import progress
 from step import common
 from voc12 import dataloader
 
@@ -116,8 +116,8 @@ def irn_inference(cfg: Config, ids: Sequence[str], device: torch.device, forward
     semantic and the instance pseudo masks."""
     model, module = load_irn(cfg, device)
     dataset = dataloader.MultiScaleDataset(ids, cfg.dataset_root, None, (1.0,))
-    for pack in tqdm(common.inference_loader(dataset, cfg), total=len(dataset), desc=desc,
-                     disable=not torchutils.is_main_process()):
+    for pack in progress(common.inference_loader(dataset, cfg), total=len(dataset), desc=desc,
+                         disable=not torchutils.is_main_process()):
         image_id = pack['name']
         with torch.no_grad(), torchutils.autocast(device, cfg.amp):
             out = forward(module, model, pack['img'][0].to(device))

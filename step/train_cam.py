@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
+from misc.progress import progress
 from step import common
 from voc12 import dataloader
 
@@ -75,8 +75,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
     loss_sum, images, data_time, start = 0.0, 0, 0.0, time.perf_counter()
     part_sums: dict[str, float] = {}
     tick = time.perf_counter()
-    bar = tqdm(loader, desc=f'train_cam{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
-               f'{cfg.cam_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
+    bar = progress(loader, desc=f'train_cam{"/" + cfg.stage if cfg.stage else ""} epoch {epoch + 1}/'
+                   f'{cfg.cam_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
     for batch in bar:
         data_time += time.perf_counter() - tick
         img, label = batch_inputs(batch)

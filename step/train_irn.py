@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from misc import torchutils
 from misc.config import Config
 from misc.indexing import PathIndex
+from misc.progress import progress
 from step import common
 from voc12 import dataloader
 
@@ -83,7 +83,7 @@ def measure_mean_shift(model, cfg: Config, device: torch.device) -> torch.Tensor
                                          shuffle=False, num_workers=cfg.num_workers)
     total = torch.zeros(3, dtype=torch.float64)      # sum of batch means (x, y), number of batches
     model.mean_shift.running_mean.zero_()
-    for batch in tqdm(loader, desc='irn mean shift', disable=not torchutils.is_main_process(), leave=False):
+    for batch in progress(loader, desc='irn mean shift', disable=not torchutils.is_main_process(), leave=False):
         _, dp = model(batch['img'].to(device))
         total[:2] += dp.float().mean(dim=(0, 2, 3)).double().cpu()
         total[2] += 1

@@ -5,7 +5,7 @@ the command is found by context, so that no flag of another program is taken for
 
 - A page is cut into passages: a paragraph, a list item, a table row, a heading, and each line of a
   fenced code block (a line ending in a backslash goes on with the next).
-- Each passage starts with run_sample.py as its command (options: `misc.config.build_parser()`, the
+- Each passage starts with run_sample.py as its command (options: `misc.config.build_parser(catalog)`, the
   negative `--no-...` forms included).
 - In code (a fenced line, or an inline code span), a command word switches the command for the rest of
   the passage: `run_sample.py`; `benchmarks/NAME.py` (the options of that file's `add_argument` calls,
@@ -19,7 +19,7 @@ the command is found by context, so that no flag of another program is taken for
 - A flag is an exact option string (argparse's abbreviations are not accepted); `--flag=value` is
   `--flag`; a `<name>` placeholder stands for any word (`--cda_<step>_pass`).
 
-Steps. The value after `--steps` in code is a comma-separated list of steps `misc.config.ALL_STEPS`
+Steps. The value after `--steps` in code is a comma-separated list of steps `step.registry.ALL_STEPS` (or their aliases, `STEP_ALIASES`)
 knows (the slots `step.registry` maps for every method).
 
 Files. A repository path written in code (`step/make_cam.py`, `benchmarks/crf.py`, ...) exists, and a
@@ -41,13 +41,14 @@ from typing import Iterator, Optional
 
 import pytest
 
-from misc.config import ALL_STEPS, build_parser
+from misc.config import build_parser
+from step.registry import ALL_STEPS, STEP_ALIASES, catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Pages that other branches add; links to them are allowed while they are missing. Remove an entry once
 # its branch is merged.
-PAGES_FROM_OTHER_BRANCHES = ('docs/slots.md', 'docs/segmentation.md')
+PAGES_FROM_OTHER_BRANCHES = ('docs/segmentation.md',)
 
 # Options of programs without a parser in this repository that the pages may use.
 SLURM_OPTIONS = frozenset({'--nodes', '--ntasks-per-node', '--gpus-per-node', '--cpus-per-task'})
@@ -94,7 +95,7 @@ def add_argument_options(path: Path) -> frozenset:
 @functools.lru_cache(maxsize=None)
 def options_of(command: str, root: Path = ROOT) -> frozenset:
     if command == 'run_sample.py':
-        return parser_options(build_parser())
+        return parser_options(build_parser(catalog()))
     if command == 'torchrun':
         from torch.distributed.run import get_args_parser
         return parser_options(get_args_parser())
@@ -218,7 +219,7 @@ def content_problems(text: str, page: str = 'page.md', root: Path = ROOT) -> lis
             if is_code:
                 events += [(m.start(), 'command', m) for m in COMMAND.finditer(chunk)]
                 for value in STEPS_VALUE.findall(chunk):
-                    unknown = [s for s in value.split(',') if s and s not in ALL_STEPS]
+                    unknown = [s for s in value.split(',') if s and s not in ALL_STEPS and s not in STEP_ALIASES]
                     if unknown:
                         problems.append(f'{page}:{line}: --steps names unknown step(s) {",".join(unknown)}')
                 for path in REPO_PATH.findall(chunk):
@@ -353,7 +354,7 @@ def test_links_are_checked(tmp_path):
     (tmp_path / 'docs' / 'a.md').write_text('# A page\n\n## Its `--flag` section\n\ntext\n')
     page = tmp_path / 'README.md'
     good = ('[a](docs/a.md) [b](docs/a.md#a-page) [c](docs/a.md#its---flag-section) [d](#top) [e](docs/) '
-            '[web](https://example.org/x#y) [later](docs/slots.md) `[code](nowhere.md)`\n\n# Top\n')
+            '[web](https://example.org/x#y) [later](docs/segmentation.md) `[code](nowhere.md)`\n\n# Top\n')
     assert link_problems(good, page, tmp_path) == []
     bad = '[a](docs/b.md)\n\n[b](docs/a.md#no-such-heading)\n\n[c](#nowhere)\n'
     assert link_problems(bad, page, tmp_path) == [

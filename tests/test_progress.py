@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from misc import progress
-from misc.config import parse_config
+from step.registry import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
