@@ -15,9 +15,23 @@ from typing import Any, Optional, Sequence
 
 # Steps of one pass, in the order they run. The CDA pass repeats them from its own CAM network.
 PASS_STEPS = ('train_cam', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
-              'make_ins_seg', 'eval_ins_seg')
+              'train_seg', 'make_seg', 'eval_seg', 'make_ins_seg', 'eval_ins_seg')
 CDA_STEPS = ('make_object_bank',) + tuple(f'cda_{s}' for s in PASS_STEPS)
-ALL_STEPS = PASS_STEPS + CDA_STEPS
+# The segmentation network trained on the ground truth of the train list (the fully supervised upper bound),
+# in the `fully_supervised` stage; chosen with the CDA comparison on the demo and smoke profiles.
+SEG_STEPS = ('train_seg', 'make_seg', 'eval_seg')
+FS_STEPS = tuple(f'fs_{s}' for s in SEG_STEPS)
+ALL_STEPS = PASS_STEPS + CDA_STEPS + FS_STEPS
+# Step-name prefix -> stage of the step (its outputs go to work_dir/<stage>)
+STAGE_PREFIXES = {'cda_': 'cda', 'fs_': 'fully_supervised'}
+
+
+def split_step(step: str) -> tuple[str, str]:
+    """(slot, stage) of a step name: 'cda_make_cam' -> ('make_cam', 'cda'), 'make_cam' -> ('make_cam', '')."""
+    for prefix, stage in STAGE_PREFIXES.items():
+        if step.startswith(prefix):
+            return step[len(prefix):], stage
+    return step, ''
 
 
 def str2bool(value: str | bool) -> bool:
@@ -144,6 +158,26 @@ class Config:
     cda_schedule: str = 'quirk'                # quirk: the reference's half-length poly decay; full
     cda_variant: str = 'rotate'                # rotate | scale | blur (the reference's three pastes)
     cda_paste_context: str = 'any'             # any (CDA) | usual | foreign: synthetic-data control experiment
+    # ---- segmentation network (train_seg, make_seg, eval_seg): deeplab-pytorch's VOC recipe by default
+    seg_network: str = 'deeplabv2'             # deeplabv2 (ResNet-101, the papers') | deeplabv2_resnet18 (CPU demo,
+                                               # from scratch) | deeplabv3_resnet50 | deeplabv3_resnet101 (torchvision)
+    seg_pretrained: str = 'imagenet'           # deeplabv2: PATH of deeplab-pytorch's init file (or none);
+                                               # deeplabv3_*: imagenet (torchvision weights) | none | PATH
+    seg_weights: Optional[Path] = None         # a trained network (deeplab-pytorch MSC checkpoint, or seg.pt): no training
+    seg_iterations: int = 20000
+    seg_batch_size: int = 10                   # images per optimizer step
+    seg_accumulate: int = 1                    # chunks the batch is split into (the reference: 5 x 2)
+    seg_learning_rate: float = 2.5e-4          # backbone convs; ASPP weights 10x, ASPP biases 20x (no decay)
+    seg_momentum: float = 0.9
+    seg_weight_decay: float = 5e-4
+    seg_lr_step: int = 10                      # the poly 0.9 lr is updated every this many iterations
+    seg_crop_size: int = 321
+    seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)   # training rescale factors (one drawn per image)
+    seg_msc_scales: tuple[float, ...] = (0.5, 0.75)               # DeepLab-v2's extra input scales (besides 1)
+    seg_width: int = 64                        # stem channels of deeplabv2_resnet18 (the demo narrows it)
+    seg_checkpoint_every: int = 1000           # iterations between train_seg checkpoints (--resume)
+    seg_crf: bool = True                       # make_seg also writes the dense-CRF predictions (eval_seg scores both)
+    seg_test_list: Optional[str] = None        # a list (e.g. test) predicted into the evaluation server's layout
     # ---- synthetic dataset (used when voc12_root is None)
     synthetic_n_train: int = 400
     synthetic_n_val: int = 100
@@ -284,10 +318,24 @@ METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The segmentation network per profile (every method). Demo: a DeepLab-v2 on a dilated ResNet-18 at 1/2 width,
+# from scratch, single-scale, on 64 px crops of the 128 px images (ASPP rates scaled to 8 x 8 features); sized so
+# that its three trainings (baseline, CDA, ground truth), inference and CRF on 100 val images cost about 100 s on
+# 2 cores (docs/segmentation.md). Smoke: a few iterations.
+SEG_PROFILES: dict[str, dict[str, Any]] = {
+    'demo': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=32, seg_msc_scales=(),
+                 seg_iterations=300, seg_batch_size=16, seg_learning_rate=0.01, seg_weight_decay=1e-4,
+                 seg_crop_size=64, seg_scales=(0.75, 1.0, 1.25), seg_checkpoint_every=100),
+    'smoke': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(0.5,),
+                  seg_iterations=4, seg_batch_size=4, seg_learning_rate=0.01, seg_crop_size=48,
+                  seg_scales=(0.75, 1.0), seg_checkpoint_every=2),
+}
+
+
 def profile_values(method: str, profile: str) -> dict[str, Any]:
     """The defaults of a (method, profile) pair, before explicit flags."""
     own = METHOD_PROFILES[method]
-    return {**own.get('paper', {}), **PROFILES[profile], **own.get(profile, {})}
+    return {**own.get('paper', {}), **PROFILES[profile], **SEG_PROFILES.get(profile, {}), **own.get(profile, {})}
 
 
 class _BoolFlag(argparse.Action):
@@ -431,6 +479,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help='control experiment on the synthetic dataset: paste only classes whose usual scene '
                         'is (usual) or is not (foreign) the image\'s scene; any = CDA')
 
+    g = p.add_argument_group('segmentation network (train_seg, make_seg, eval_seg; docs/segmentation.md)')
+    g.add_argument('--seg_network', choices=('deeplabv2', 'deeplabv2_resnet18', 'deeplabv3_resnet50',
+                                             'deeplabv3_resnet101'),
+                   help='deeplabv2: DeepLab-v2 ResNet-101 MSC as deeplab-pytorch trains it (default with a dataset); '
+                        'deeplabv2_resnet18: the CPU demo\'s small one, from scratch; deeplabv3_*: torchvision\'s')
+    g.add_argument('--seg_pretrained', type=str, help='deeplabv2: PATH of deeplab-pytorch\'s init file '
+                   '(deeplabv1_resnet101-imagenet.pth or -coco.pth), or none; deeplabv3_*: imagenet, none or PATH '
+                   'of a torchvision ResNet state dict')
+    g.add_argument('--seg_weights', type=Path, help='a trained segmentation network (deeplab-pytorch MSC checkpoint '
+                   'or weights/seg.pt): train_seg is skipped, make_seg uses it')
+    g.add_argument('--seg_iterations', type=positive_int)
+    g.add_argument('--seg_batch_size', type=positive_int, help='images per optimizer step (default 10)')
+    g.add_argument('--seg_accumulate', type=positive_int, help='chunks each batch is split into (2: the '
+                   'reference\'s 5 x 2); the chunk losses are averaged')
+    g.add_argument('--seg_learning_rate', type=positive_float)
+    g.add_argument('--seg_momentum', type=float)
+    g.add_argument('--seg_weight_decay', type=float)
+    g.add_argument('--seg_lr_step', type=positive_int, help='iterations between poly lr updates (default 10)')
+    g.add_argument('--seg_crop_size', type=positive_int)
+    g.add_argument('--seg_scales', type=positive_float, nargs='+', help='training rescale factors')
+    g.add_argument('--seg_msc_scales', type=positive_float, nargs='*', help='DeepLab-v2\'s extra input scales '
+                   '(default 0.5 0.75; none: one scale)')
+    g.add_argument('--seg_width', type=positive_int, help='stem channels of deeplabv2_resnet18')
+    g.add_argument('--seg_checkpoint_every', type=positive_int)
+    g.add_argument('--seg_crf', action=_BoolFlag, help='also the dense-CRF predictions (default true)')
+    g.add_argument('--seg_test_list', type=str, help='list file or split (e.g. test) that make_seg predicts into '
+                   'results/VOC2012/Segmentation/comp6_test_cls/ and a .tar.gz for the evaluation server')
+
     g = p.add_argument_group('synthetic dataset')
     g.add_argument('--synthetic_n_train', '--n_train', type=positive_int)
     g.add_argument('--synthetic_n_val', '--n_val', type=positive_int)
@@ -473,7 +549,9 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
     elif cda_only:
         steps = list(CDA_STEPS)
     elif cda or (profile == 'demo' and explicit_cda is None):
-        steps = list(ALL_STEPS)             # the demo shows baseline and CDA unless told otherwise
+        steps = list(PASS_STEPS + CDA_STEPS)    # the demo shows baseline and CDA unless told otherwise,
+        if profile in ('demo', 'smoke'):        # and the fully supervised bound on the synthetic data
+            steps += list(FS_STEPS)
     else:
         steps = list(PASS_STEPS)
     for step, on in switches.items():
@@ -547,6 +625,17 @@ def validate(cfg: Config) -> list[str]:
                         'branch\'s crop must keep at least 8 pixels (one feature at stride 8); raise either')
     if cfg.method == 'seam' and cfg.seam_ecr_ratio <= 0:
         problems.append('--seam_ecr_ratio must be above 0 (the share of entries ECR averages)')
+    # segmentation network
+    if cfg.seg_weights is not None and not Path(cfg.seg_weights).is_file():
+        problems.append(f'--seg_weights {cfg.seg_weights}: no such file')
+    if cfg.seg_pretrained not in ('imagenet', 'none') and not Path(cfg.seg_pretrained).is_file():
+        problems.append(f'--seg_pretrained {cfg.seg_pretrained}: no such file; give deeplab-pytorch\'s init file '
+                        '(deeplabv2), imagenet or a torchvision ResNet state dict (deeplabv3_*), or none')
+    if cfg.seg_batch_size % cfg.seg_accumulate:
+        problems.append(f'--seg_batch_size {cfg.seg_batch_size} does not split into --seg_accumulate '
+                        f'{cfg.seg_accumulate} equal chunks')
+    if cfg.seg_crop_size < 16:
+        problems.append(f'--seg_crop_size {cfg.seg_crop_size}: at least 16 (output stride 8, and MSC halves it)')
     return problems
 
 
@@ -565,7 +654,7 @@ def from_dict(values: dict[str, Any]) -> Config:
         if isinstance(value, list):
             value = tuple(value)
         elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
-                                                  'irn_weights'):
+                                                  'irn_weights', 'seg_weights'):
             value = Path(value) if value is not None else None
         out[key] = value
     return Config(**out)

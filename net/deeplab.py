@@ -191,8 +191,10 @@ class DeepLabV2(nn.Module):
 
 
 class TorchvisionDeepLabV3(nn.Module):
-    """torchvision's DeepLabV3 behind DeepLabV2's interface: eval -> (N, C, H, W) logits at the input size,
-    train -> [logits]. Its BN is ordinary (trainable) BatchNorm, as torchvision's reference trains it."""
+    """torchvision's DeepLabV3 behind DeepLabV2's interface: eval -> (N, C, ~H/8, ~W/8) logits, train ->
+    [logits]: its backbone and head, without the final bilinear upsampling (the loop resizes the labels to the
+    logits as for DeepLab-v2, and inference upsamples them itself). Its BN is ordinary (trainable) BatchNorm,
+    as torchvision's reference trains it."""
 
     def __init__(self, arch: str, num_classes: int = 21, backbone_state: Optional[dict] = None):
         super().__init__()
@@ -211,7 +213,7 @@ class TorchvisionDeepLabV3(nn.Module):
             self.net.backbone.load_state_dict(state, strict=False)
 
     def forward(self, x: torch.Tensor):
-        out = self.net(x)['out']
+        out = self.net.classifier(self.net.backbone(x)['out'])
         return [out] if self.training else out
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

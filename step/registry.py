@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+# The final segmentation network: the same steps for every method (they read the pass's pseudo masks).
+_SEG = {'train_seg': 'step.train_seg', 'make_seg': 'step.make_seg', 'eval_seg': 'step.eval_seg'}
+
 _IRN = {
     'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam', 'eval_cam': 'step.eval_cam',
     'cam_to_ir_label': 'step.cam_to_ir_label', 'train_irn': 'step.train_irn',
     'make_sem_seg': 'step.make_sem_seg_labels', 'eval_sem_seg': 'step.eval_sem_seg',
-    'make_ins_seg': 'step.make_ins_seg_labels', 'eval_ins_seg': 'step.eval_ins_seg',
+    'make_ins_seg': 'step.make_ins_seg_labels', 'eval_ins_seg': 'step.eval_ins_seg', **_SEG,
 }
 
 STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
@@ -28,12 +31,12 @@ STEP_MODULES: dict[str, dict[str, Optional[str]]] = {
     'affinitynet': {
         'train_cam': 'step.train_cam', 'make_cam': 'step.make_cam_psa', 'eval_cam': 'step.eval_cam',
         'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
-        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
+        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg', **_SEG,
     },
     'seam': {               # SEAM's CAMs; then the AffinityNet steps with SEAM's settings
         'train_cam': 'step.train_seam', 'make_cam': 'step.make_cam_seam', 'eval_cam': 'step.eval_cam',
         'cam_to_ir_label': 'step.make_crf_labels', 'train_irn': 'step.train_aff',
-        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg',
+        'make_sem_seg': 'step.make_sem_seg_aff', 'eval_sem_seg': 'step.eval_sem_seg', **_SEG,
     },
 }
 
@@ -47,12 +50,15 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     'make_sem_seg': ('make_cam', 'train_irn'), 'eval_sem_seg': ('make_sem_seg',),
     'make_ins_seg': ('make_cam', 'train_irn'), 'eval_ins_seg': ('make_ins_seg',),
     'make_object_bank': (),
+    'train_seg': ('make_sem_seg',), 'make_seg': ('train_seg',), 'eval_seg': ('make_seg',),
 }
 
 
 def upstream_of(step: str, stage: str, bank_from_folder: bool) -> list[tuple[str, str]]:
     """(step, stage) pairs a step reads: the same pass's steps, plus the object bank for the CDA pass's CAM
     training, and the baseline's pseudo masks for the bank unless it is cut from a given folder."""
+    if step == 'train_seg' and stage == 'fully_supervised':
+        return []                       # the upper bound trains on the ground truth, not on pseudo masks
     found = [(name, stage) for name in UPSTREAM.get(step, ())]
     if step == 'train_cam' and stage == 'cda':
         found.append(('make_object_bank', ''))
