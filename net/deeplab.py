@@ -237,7 +237,8 @@ def build_seg_network(network: str, num_classes: int, pretrained: str, scales: S
 
     deeplabv2           `pretrained` PATH: deeplab-pytorch's init file (deeplabv1_resnet101-imagenet.pth or the
                         COCO one), backbone loaded, ASPP at its own init; 'none': from scratch, trainable BN
-    deeplabv2_resnet18  from scratch (trainable BN); the CPU demo
+    deeplabv2_resnet18  'none': from scratch (trainable BN), the CPU demo; PATH: a state dict of this network
+                        (frozen BN)
     deeplabv3_resnet*   torchvision's builder; `pretrained` imagenet (torchvision weights API, cached in torch's
                         hub folder), PATH (a torchvision ResNet state dict, offline) or none
     `load_weights=False` builds the same architecture (BN kind included) to load a trained checkpoint into.
@@ -255,7 +256,16 @@ def build_seg_network(network: str, num_classes: int, pretrained: str, scales: S
                          source=f'--seg_pretrained {pretrained}')
         return model
     if network == 'deeplabv2_resnet18':
-        return DeepLabV2(num_classes, 18, scales=scales, width=width, frozen_bn=False)
+        # from scratch (trainable BN), or from a file of the same network (frozen BN, as DeepLab-v2 with weights)
+        model = DeepLabV2(num_classes, 18, scales=scales, width=width, frozen_bn=pretrained != 'none')
+        if load_weights and pretrained not in ('none', 'imagenet'):
+            from net.weights import load_deeplab, read_state_dict
+            load_deeplab(model, read_state_dict(Path(pretrained), '--seg_pretrained'),
+                         source=f'--seg_pretrained {pretrained}')
+        elif load_weights and pretrained == 'imagenet':
+            raise BadInputError('--seg_network deeplabv2_resnet18 has no ImageNet weights: use --seg_pretrained none '
+                                '(from scratch) or PATH of a state dict of this network')
+        return model
     if network in ('deeplabv3_resnet50', 'deeplabv3_resnet101'):
         state = None
         if load_weights and pretrained != 'none':
