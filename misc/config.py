@@ -175,6 +175,7 @@ class Config:
     seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)   # training rescale factors (one drawn per image)
     seg_msc_scales: tuple[float, ...] = (0.5, 0.75)               # DeepLab-v2's extra input scales (besides 1)
     seg_width: int = 64                        # stem channels of deeplabv2_resnet18 (the demo narrows it)
+    seg_aspp_rates: tuple[int, ...] = (6, 12, 18, 24)             # DeepLab-v2's ASPP atrous rates
     seg_checkpoint_every: int = 1000           # iterations between train_seg checkpoints (--resume)
     seg_crf: bool = True                       # make_seg also writes the dense-CRF predictions (eval_seg scores both)
     seg_test_list: Optional[str] = None        # a list (e.g. test) predicted into the evaluation server's layout
@@ -319,14 +320,16 @@ METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # The segmentation network per profile (every method). Demo: a DeepLab-v2 on a dilated ResNet-18 at 1/2 width,
-# from scratch, single-scale, on 64 px crops of the 128 px images (ASPP rates scaled to 8 x 8 features); sized so
+# from scratch, single-scale, on 64 px crops of the 128 px images, ASPP rates 1-4 (rates 6-24 see only padding on
+# the crops' 8 x 8 features, and real pixels on the 16 x 16 of a whole val image: a train/test mismatch); sized so
 # that its three trainings (baseline, CDA, ground truth), inference and CRF on 100 val images cost about 100 s on
 # 2 cores (docs/segmentation.md). Smoke: a few iterations.
 SEG_PROFILES: dict[str, dict[str, Any]] = {
-    'demo': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=32, seg_msc_scales=(),
-                 seg_iterations=300, seg_batch_size=16, seg_learning_rate=0.01, seg_weight_decay=1e-4,
-                 seg_crop_size=64, seg_scales=(0.75, 1.0, 1.25), seg_checkpoint_every=100),
+    'demo': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(),
+                 seg_aspp_rates=(1, 2, 3, 4), seg_iterations=200, seg_batch_size=8, seg_learning_rate=0.02,
+                 seg_weight_decay=1e-4, seg_crop_size=64, seg_scales=(0.75, 1.0, 1.25), seg_checkpoint_every=100),
     'smoke': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(0.5,),
+                  seg_aspp_rates=(1, 2, 3, 4),
                   seg_iterations=4, seg_batch_size=4, seg_learning_rate=0.01, seg_crop_size=48,
                   seg_scales=(0.75, 1.0), seg_checkpoint_every=2),
 }
@@ -502,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--seg_msc_scales', type=positive_float, nargs='*', help='DeepLab-v2\'s extra input scales '
                    '(default 0.5 0.75; none: one scale)')
     g.add_argument('--seg_width', type=positive_int, help='stem channels of deeplabv2_resnet18')
+    g.add_argument('--seg_aspp_rates', type=positive_int, nargs='+', help='ASPP atrous rates (default 6 12 18 24)')
     g.add_argument('--seg_checkpoint_every', type=positive_int)
     g.add_argument('--seg_crf', action=_BoolFlag, help='also the dense-CRF predictions (default true)')
     g.add_argument('--seg_test_list', type=str, help='list file or split (e.g. test) that make_seg predicts into '

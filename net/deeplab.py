@@ -232,7 +232,7 @@ def input_is_bgr_mean(network: str) -> bool:
 
 
 def build_seg_network(network: str, num_classes: int, pretrained: str, scales: Sequence[float] = (0.5, 0.75),
-                      width: int = 64, load_weights: bool = True) -> nn.Module:
+                      width: int = 64, load_weights: bool = True, rates: Sequence[int] = (6, 12, 18, 24)) -> nn.Module:
     """The network of `--seg_network`, with its initial weights where `load_weights`:
 
     deeplabv2           `pretrained` PATH: deeplab-pytorch's init file (deeplabv1_resnet101-imagenet.pth or the
@@ -244,7 +244,7 @@ def build_seg_network(network: str, num_classes: int, pretrained: str, scales: S
     `load_weights=False` builds the same architecture (BN kind included) to load a trained checkpoint into.
     """
     if network == 'deeplabv2':
-        model = DeepLabV2(num_classes, 101, scales=scales, width=64, frozen_bn=pretrained != 'none')
+        model = DeepLabV2(num_classes, 101, rates=rates, scales=scales, width=64, frozen_bn=pretrained != 'none')
         if load_weights and pretrained != 'none':
             from net.weights import load_deeplab, read_state_dict
             if pretrained == 'imagenet':
@@ -257,7 +257,7 @@ def build_seg_network(network: str, num_classes: int, pretrained: str, scales: S
         return model
     if network == 'deeplabv2_resnet18':
         # from scratch (trainable BN), or from a file of the same network (frozen BN, as DeepLab-v2 with weights)
-        model = DeepLabV2(num_classes, 18, scales=scales, width=width, frozen_bn=pretrained != 'none')
+        model = DeepLabV2(num_classes, 18, rates=rates, scales=scales, width=width, frozen_bn=pretrained != 'none')
         if load_weights and pretrained not in ('none', 'imagenet'):
             from net.weights import load_deeplab, read_state_dict
             load_deeplab(model, read_state_dict(Path(pretrained), '--seg_pretrained'),

@@ -82,7 +82,7 @@ def load_trained(cfg: Config, device: torch.device) -> torch.nn.Module:
     if not path.is_file():
         raise BadInputError(f'{path} missing; run the train_seg step first (or pass --seg_weights)')
     model = build_seg_network(cfg.seg_network, len(CLASS_NAMES), cfg.seg_pretrained, cfg.seg_msc_scales,
-                              cfg.seg_width, load_weights=False)
+                              cfg.seg_width, load_weights=False, rates=cfg.seg_aspp_rates)
     load_seg_state(model, read_state_dict(path, flag), f'{flag} {path}')
     model = model.to(device).eval()
     if cfg.channels_last and device.type == 'cuda':

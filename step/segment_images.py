@@ -31,11 +31,11 @@ from voc12.seg_dataset import SegInferenceDataset
 
 
 def read_seg_checkpoint(path: Path, network: Optional[str] = None) -> tuple[dict, dict]:
-    """(tensor state dict, {'network', 'width', 'msc_scales'}) of a trained network file; the sizes come from the
+    """(tensor state dict, {'network', 'width', 'msc_scales', 'rates'}) of a trained network file; the sizes come from the
     config saved in this project's seg.pt, else from `network` (default deeplabv2) and its defaults."""
     from net.weights import read_state_dict
     state = read_state_dict(path, '--seg_weights')
-    spec = {'network': network or 'deeplabv2', 'width': 64, 'msc_scales': (0.5, 0.75)}
+    spec = {'network': network or 'deeplabv2', 'width': 64, 'msc_scales': (0.5, 0.75), 'rates': (6, 12, 18, 24)}
     try:
         raw = torch.load(path, map_location='cpu', weights_only=True)
         saved = json.loads(raw['config']) if isinstance(raw, dict) and isinstance(raw.get('config'), str) else None
@@ -43,7 +43,8 @@ def read_seg_checkpoint(path: Path, network: Optional[str] = None) -> tuple[dict
         saved = None
     if saved:
         spec = {'network': network or saved.get('seg_network', 'deeplabv2'), 'width': saved.get('seg_width', 64),
-                'msc_scales': tuple(saved.get('seg_msc_scales', (0.5, 0.75)))}
+                'msc_scales': tuple(saved.get('seg_msc_scales', (0.5, 0.75))),
+                'rates': tuple(saved.get('seg_aspp_rates', (6, 12, 18, 24)))}
     return state, spec
 
 
@@ -98,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         state, spec = read_seg_checkpoint(args.seg_weights, args.seg_network)
         from step.make_seg import load_seg_state
         model = build_seg_network(spec['network'], len(CLASS_NAMES), 'none', spec['msc_scales'], spec['width'],
-                                  load_weights=False)
+                                  load_weights=False, rates=spec['rates'])
         load_seg_state(model, state, f'--seg_weights {args.seg_weights}')
         device = torchutils.select_device(args.device)
         model = model.to(device).eval()

@@ -50,7 +50,7 @@ POLY_POWER = 0.9
 
 SETTINGS = ('seg_network', 'seg_pretrained', 'seg_weights', 'seg_iterations', 'seg_batch_size', 'seg_accumulate',
             'seg_learning_rate', 'seg_momentum', 'seg_weight_decay', 'seg_lr_step', 'seg_crop_size', 'seg_scales',
-            'seg_msc_scales', 'seg_width', 'seed', 'train_list')
+            'seg_msc_scales', 'seg_width', 'seg_aspp_rates', 'seed', 'train_list')
 
 
 def outputs(cfg: Config) -> list[Path]:
@@ -145,7 +145,7 @@ def label_dir_for(cfg: Config, ids: Sequence[str]) -> Path:
 
 def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
     return build_seg_network(cfg.seg_network, len(CLASS_NAMES), cfg.seg_pretrained, cfg.seg_msc_scales,
-                             cfg.seg_width, load_weights)
+                             cfg.seg_width, load_weights, cfg.seg_aspp_rates)
 
 
 # ----------------------------------------------------------------------------- loop
