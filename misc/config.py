@@ -330,7 +330,7 @@ SEG_PROFILES: dict[str, dict[str, Any]] = {
                  seg_weight_decay=1e-4, seg_crop_size=64, seg_scales=(0.75, 1.0, 1.25), seg_checkpoint_every=100),
     'smoke': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(0.5,),
                   seg_aspp_rates=(1, 2, 3, 4),
-                  seg_iterations=4, seg_batch_size=4, seg_learning_rate=0.01, seg_crop_size=48,
+                  seg_iterations=4, seg_batch_size=4, seg_learning_rate=0.002, seg_crop_size=48,
                   seg_scales=(0.75, 1.0), seg_checkpoint_every=2),
 }
 

@@ -226,6 +226,7 @@ def train(cfg: Config, stop_after: Optional[int] = None) -> dict:
     if cfg.seg_batch_size % (world * cfg.seg_accumulate):
         raise BadInputError(f'--seg_batch_size {cfg.seg_batch_size} does not split into {world} process(es) x '
                             f'--seg_accumulate {cfg.seg_accumulate} equal chunks; use a multiple')
+    torch.manual_seed(cfg.seed)         # the initial weights depend on --seed only, not on the steps before
     model = build_model(cfg).to(device)
     if cfg.channels_last and device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
