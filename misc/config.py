@@ -326,7 +326,7 @@ METHOD_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 # 2 cores (docs/segmentation.md). Smoke: a few iterations.
 SEG_PROFILES: dict[str, dict[str, Any]] = {
     'demo': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(),
-                 seg_aspp_rates=(1, 2, 3, 4), seg_iterations=200, seg_batch_size=8, seg_learning_rate=0.02,
+                 seg_aspp_rates=(1, 2, 3, 4), seg_iterations=300, seg_batch_size=8, seg_learning_rate=0.01,
                  seg_weight_decay=1e-4, seg_crop_size=64, seg_scales=(0.75, 1.0, 1.25), seg_checkpoint_every=100),
     'smoke': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(0.5,),
                   seg_aspp_rates=(1, 2, 3, 4),

@@ -109,9 +109,13 @@ def poly_step_lambda(iterations: int, step: int = 10, power: float = POLY_POWER)
 
 def optimizer_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
     """The three parameter groups: backbone convs (lr, weight decay), head weights (10x lr, weight decay),
-    head biases (20x lr, no weight decay). Frozen BatchNorm has no parameters to train."""
-    groups = torchutils.unwrap(model).param_groups()
-    return [{'params': groups[name], 'lr': lr * LR_MULTIPLIERS[name], 'name': name,
+    head biases (20x lr, no weight decay). Frozen BatchNorm has no parameters to train. A DeepLab-v2 trained from
+    scratch (trainable BN: the CPU demo's) learns at one lr throughout: the 10x and 20x let a new head catch up
+    with a pretrained backbone, and from scratch they only destabilise the head."""
+    net = torchutils.unwrap(model)
+    groups = net.param_groups()
+    from_scratch = getattr(net, 'frozen_bn', True) is False
+    return [{'params': groups[name], 'lr': lr * (1.0 if from_scratch else LR_MULTIPLIERS[name]), 'name': name,
              'weight_decay': 0.0 if name == 'head_bias' else weight_decay} for name in LR_MULTIPLIERS]
 
 
