@@ -217,8 +217,9 @@ class TorchvisionDeepLabV3(nn.Module):
         return [out] if self.training else out
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """'backbone' (1x lr) and the classifier head ('head_weight' 10x, 'head_bias' 20x without weight decay,
-        the DeepLab recipe applied to torchvision's head)."""
+        """'backbone' (1x lr) and the classifier head: 'head_weight' (its conv weights, 10x) and 'head_bias' (its
+        1-d parameters: biases and BN affine, 20x without weight decay): the DeepLab recipe applied to torchvision's
+        head."""
         head = [(n, p) for n, p in self.net.classifier.named_parameters()]
         return {'backbone': list(self.net.backbone.parameters()),
                 'head_weight': [p for n, p in head if p.ndim > 1],
@@ -275,7 +276,10 @@ def build_seg_network(network: str, num_classes: int, pretrained: str, scales: S
             arch = network.split('_')[1]
             weights = {'resnet50': torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
                        'resnet101': torchvision.models.ResNet101_Weights.IMAGENET1K_V1}[arch]
-            state = (_download_weights(weights) if pretrained == 'imagenet'
-                     else read_state_dict(Path(pretrained), '--seg_pretrained'))
+            try:
+                state = (_download_weights(weights) if pretrained == 'imagenet'
+                         else read_state_dict(Path(pretrained), '--seg_pretrained'))
+            except BadInputError as e:          # the CAM network's message, for this network's flag
+                raise BadInputError(str(e).replace('--pretrained', '--seg_pretrained')) from None
         return TorchvisionDeepLabV3(network, num_classes, state)
     raise BadInputError(f'--seg_network {network}: unknown; use one of {", ".join(SEG_NETWORKS)}')
