@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from misc.config import Config, with_stage
 from misc.imutils import BadInputError, atomic_path
-from step.registry import module_for, parse_config
+from step.registry import module_for, parse_config, split_step
 
 logger = logging.getLogger('run_sample')
 
@@ -51,10 +51,9 @@ def setup_logging(cfg: Config, main_process: bool) -> None:
 
 def step_config(cfg: Config, step: str) -> tuple[Optional[str], Config]:
     """The module (None where the method has no such step) and the stage-specific config of a step
-    name (cda_* steps run in the cda stage)."""
-    if step.startswith('cda_'):
-        return module_for(cfg.method, step[len('cda_'):]), with_stage(cfg, 'cda')
-    return module_for(cfg.method, step), cfg
+    name (cda_* steps run in the cda stage, fs_* in the fully_supervised one)."""
+    slot, stage = split_step(step)
+    return module_for(cfg.method, slot), with_stage(cfg, stage) if stage else cfg
 
 
 def prepare_dataset(cfg: Config) -> None:
@@ -101,7 +100,7 @@ def run_pipeline(cfg: Config) -> dict:
             continue
         logger.info('== %s', step)
         start = time.perf_counter()
-        results[step] = pipeline.run_step(step_cfg, step.removeprefix('cda_'), label=step)
+        results[step] = pipeline.run_step(step_cfg, split_step(step)[0], label=step)
         elapsed = time.perf_counter() - start
         timing = {'seconds': round(elapsed, 2)}
         results[step] = dict(results[step] or {}, **timing) if isinstance(results[step], dict) else timing

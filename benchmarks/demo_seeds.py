@@ -66,6 +66,8 @@ FIGURES = (  # (summary key, column title, higher is better)
     ('leakage_foreign', 'leakage foreign scene', False),
     ('leakage_shift', 'leakage shift', False),
     ('sem_seg_miou', 'pseudo-mask mIoU', True),
+    ('seg_miou_val', 'seg. network val mIoU', True),           # held out: the val split, never trained on
+    ('seg_miou_val_crf', 'seg. network val mIoU + CRF', True),
 )
 NO_INSTANCES = ('--no-make_ins_seg_pass', '--no-eval_ins_seg_pass', '--no-cda_make_ins_seg_pass',
                 '--no-cda_eval_ins_seg_pass')

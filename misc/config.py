@@ -141,6 +141,27 @@ class Config:
     cda_schedule: str = 'quirk'                # quirk: the reference's half-length poly decay; full
     cda_variant: str = 'rotate'                # rotate | scale | blur (the reference's three pastes)
     cda_paste_context: str = 'any'             # any (CDA) | usual | foreign: synthetic-data control experiment
+    # ---- segmentation network (train_seg, make_seg, eval_seg): deeplab-pytorch's VOC recipe by default
+    seg_network: str = 'deeplabv2'             # deeplabv2 (ResNet-101, the papers') | deeplabv2_resnet18 (CPU demo,
+                                               # from scratch) | deeplabv3_resnet50 | deeplabv3_resnet101 (torchvision)
+    seg_pretrained: str = 'imagenet'           # deeplabv2: PATH of deeplab-pytorch's init file (or none);
+                                               # deeplabv3_*: imagenet (torchvision weights) | none | PATH
+    seg_weights: Optional[Path] = None         # a trained network (deeplab-pytorch MSC checkpoint, or seg.pt): no training
+    seg_iterations: int = 20000
+    seg_batch_size: int = 10                   # images per optimizer step
+    seg_accumulate: int = 1                    # chunks the batch is split into (the reference: 5 x 2)
+    seg_learning_rate: float = 2.5e-4          # backbone convs; ASPP weights 10x, ASPP biases 20x (no decay)
+    seg_momentum: float = 0.9
+    seg_weight_decay: float = 5e-4
+    seg_lr_step: int = 10                      # the poly 0.9 lr is updated every this many iterations
+    seg_crop_size: int = 321
+    seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)   # training rescale factors (one drawn per image)
+    seg_msc_scales: tuple[float, ...] = (0.5, 0.75)               # DeepLab-v2's extra input scales (besides 1)
+    seg_width: int = 64                        # stem channels of deeplabv2_resnet18 (the demo narrows it)
+    seg_aspp_rates: tuple[int, ...] = (6, 12, 18, 24)             # DeepLab-v2's ASPP atrous rates
+    seg_checkpoint_every: int = 1000           # iterations between train_seg checkpoints (--resume)
+    seg_crf: bool = True                       # make_seg also writes the dense-CRF predictions (eval_seg scores both)
+    seg_test_list: Optional[str] = None        # a list (e.g. test) predicted into the evaluation server's layout
     # ---- synthetic dataset (used when voc12_root is None)
     synthetic_n_train: int = 400
     synthetic_n_val: int = 100
@@ -228,6 +249,20 @@ class MethodSpec:
     validate: Callable[['Config'], list[str]]      # its own checks, after the shared ones
 
 
+# The segmentation network per profile, for every method. Demo: a small from-scratch DeepLab-v2 sized for the
+# CPU (ASPP rates 1-4 fit its 8 x 8 crop features; one lr, since the head multipliers made it unstable from
+# scratch); docs/segmentation.md gives its cost and figures. Smoke: a few iterations.
+SEG_PROFILES: dict[str, dict[str, Any]] = {
+    'demo': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(),
+                 seg_aspp_rates=(1, 2, 3, 4), seg_iterations=300, seg_batch_size=8, seg_learning_rate=0.01,
+                 seg_weight_decay=1e-4, seg_crop_size=64, seg_scales=(0.75, 1.0, 1.25), seg_checkpoint_every=100),
+    'smoke': dict(seg_network='deeplabv2_resnet18', seg_pretrained='none', seg_width=16, seg_msc_scales=(0.5,),
+                  seg_aspp_rates=(1, 2, 3, 4),
+                  seg_iterations=4, seg_batch_size=4, seg_learning_rate=0.002, seg_crop_size=48,
+                  seg_scales=(0.75, 1.0), seg_checkpoint_every=2),
+}
+
+
 @dataclass(frozen=True)
 class Catalog:
     """The steps and methods the parser offers (step.registry.catalog() builds it)."""
@@ -235,16 +270,18 @@ class Catalog:
     cda_steps: tuple[str, ...]                     # the object bank, then cda_<slot> for each slot
     step_aliases: Mapping[str, str]                # the reference's names -> slot names
     methods: Mapping[str, MethodSpec]
+    bound_steps: tuple[str, ...] = ()              # fs_<slot>: the segmentation network on the ground truth
 
     @property
     def all_steps(self) -> tuple[str, ...]:
-        return self.pass_steps + self.cda_steps
+        return self.pass_steps + self.cda_steps + self.bound_steps
 
 
 def profile_values(method: MethodSpec, profile: str) -> dict[str, Any]:
     """The defaults of a (method, profile) pair, before explicit flags."""
     own = method.profiles
-    return {**own.get('paper', {}), **PROFILES[profile], **own.get(profile, {})}
+    return {**own.get('paper', {}), **PROFILES[profile], **SEG_PROFILES.get(profile, {}),
+            **own.get(profile, {})}
 
 
 class _BoolFlag(argparse.Action):
@@ -394,6 +431,35 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
                    help='control experiment on the synthetic dataset: paste only classes whose usual scene '
                         'is (usual) or is not (foreign) the image\'s scene; any = CDA')
 
+    g = p.add_argument_group('segmentation network (train_seg, make_seg, eval_seg; docs/segmentation.md)')
+    g.add_argument('--seg_network', choices=('deeplabv2', 'deeplabv2_resnet18', 'deeplabv3_resnet50',
+                                             'deeplabv3_resnet101'),
+                   help='deeplabv2: DeepLab-v2 ResNet-101 MSC as deeplab-pytorch trains it (default with a dataset); '
+                        'deeplabv2_resnet18: the CPU demo\'s small one, from scratch; deeplabv3_*: torchvision\'s')
+    g.add_argument('--seg_pretrained', type=str, help='deeplabv2: PATH of deeplab-pytorch\'s init file '
+                   '(deeplabv1_resnet101-imagenet.pth or -coco.pth), or none; deeplabv3_*: imagenet, none or PATH '
+                   'of a torchvision ResNet state dict')
+    g.add_argument('--seg_weights', type=Path, help='a trained segmentation network (deeplab-pytorch MSC checkpoint '
+                   'or weights/seg.pt): train_seg is skipped, make_seg uses it')
+    g.add_argument('--seg_iterations', type=positive_int)
+    g.add_argument('--seg_batch_size', type=positive_int, help='images per optimizer step (default 10)')
+    g.add_argument('--seg_accumulate', type=positive_int, help='chunks each batch is split into (2: the '
+                   'reference\'s 5 x 2); the chunk losses are averaged')
+    g.add_argument('--seg_learning_rate', type=positive_float)
+    g.add_argument('--seg_momentum', type=float)
+    g.add_argument('--seg_weight_decay', type=float)
+    g.add_argument('--seg_lr_step', type=positive_int, help='iterations between poly lr updates (default 10)')
+    g.add_argument('--seg_crop_size', type=positive_int)
+    g.add_argument('--seg_scales', type=positive_float, nargs='+', help='training rescale factors')
+    g.add_argument('--seg_msc_scales', type=positive_float, nargs='*', help='DeepLab-v2\'s extra input scales '
+                   '(default 0.5 0.75; none: one scale)')
+    g.add_argument('--seg_width', type=positive_int, help='stem channels of deeplabv2_resnet18')
+    g.add_argument('--seg_aspp_rates', type=positive_int, nargs='+', help='ASPP atrous rates (default 6 12 18 24)')
+    g.add_argument('--seg_checkpoint_every', type=positive_int)
+    g.add_argument('--seg_crf', action=_BoolFlag, help='also the dense-CRF predictions (default true)')
+    g.add_argument('--seg_test_list', type=str, help='list file or split (e.g. test) that make_seg predicts into '
+                   'results/VOC2012/Segmentation/comp6_test_cls/ and a .tar.gz for the evaluation server')
+
     g = p.add_argument_group('synthetic dataset')
     g.add_argument('--synthetic_n_train', '--n_train', type=positive_int)
     g.add_argument('--synthetic_n_val', '--n_val', type=positive_int)
@@ -442,7 +508,9 @@ def parse_config(argv: Optional[Sequence[str]], catalog: Catalog) -> Config:
     elif cda_only:
         steps = list(catalog.cda_steps)
     elif cda or (profile == 'demo' and explicit_cda is None):
-        steps = list(all_steps)             # the demo shows baseline and CDA unless told otherwise
+        steps = list(catalog.pass_steps + catalog.cda_steps)   # the demo shows baseline and CDA unless told
+        if profile in ('demo', 'smoke'):                          # otherwise, and the fully supervised bound
+            steps += list(catalog.bound_steps)                    # on the synthetic data
     else:
         steps = list(catalog.pass_steps)
     for step, on in switches.items():
@@ -491,6 +559,17 @@ def validate(cfg: Config) -> list[str]:
         import torch
         if not torch.cuda.is_available():
             problems.append('--device cuda: no CUDA GPU is visible; use --device cpu (or auto)')
+    # segmentation network
+    if cfg.seg_weights is not None and not Path(cfg.seg_weights).is_file():
+        problems.append(f'--seg_weights {cfg.seg_weights}: no such file')
+    if cfg.seg_pretrained not in ('imagenet', 'none') and not Path(cfg.seg_pretrained).is_file():
+        problems.append(f'--seg_pretrained {cfg.seg_pretrained}: no such file; give deeplab-pytorch\'s init file '
+                        '(deeplabv2), imagenet or a torchvision ResNet state dict (deeplabv3_*), or none')
+    if cfg.seg_batch_size % cfg.seg_accumulate:
+        problems.append(f'--seg_batch_size {cfg.seg_batch_size} does not split into --seg_accumulate '
+                        f'{cfg.seg_accumulate} equal chunks')
+    if cfg.seg_crop_size < 16:
+        problems.append(f'--seg_crop_size {cfg.seg_crop_size}: at least 16 (output stride 8, and MSC halves it)')
     return problems
 
 
@@ -514,7 +593,7 @@ def from_dict(values: dict[str, Any]) -> Config:
         if isinstance(value, list):
             value = tuple(value)
         elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
-                                                  'relation_weights'):
+                                                  'relation_weights', 'seg_weights'):
             value = Path(value) if value is not None else None
         out[key] = value
     return Config(**out)

@@ -25,11 +25,13 @@ def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int, t: i
     return np.argmax(np.asarray(q).reshape((n_labels, height, width)), axis=0)
 
 
-def crf_inference_soft(img: np.ndarray, probs: np.ndarray, t: int = 10) -> np.ndarray:
+def crf_inference_soft(img: np.ndarray, probs: np.ndarray, t: int = 10, pos_xy_std: float = 3, pos_w: float = 3,
+                       bi_xy_std: float = 80, bi_rgb_std: float = 13, bi_w: float = 10) -> np.ndarray:
     """AffinityNet's dense CRF on soft scores: img (H, W, 3) uint8, probs (C, H, W) -> (C, H, W) float32 marginals.
 
     Unary -log(clip(probs, 1e-5, 1)) (probs need not sum to one), Gaussian kernel (sxy 3, compat 3), bilateral
-    kernel (sxy 80, srgb 13, compat 10), `t` mean-field iterations: the reference's parameters.
+    kernel (sxy 80, srgb 13, compat 10), `t` mean-field iterations: the reference's parameters. The kernel
+    parameters can be changed (the segmentation network's CRF uses deeplab-pytorch's: misc/seg_crf.py).
     """
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
@@ -38,8 +40,9 @@ def crf_inference_soft(img: np.ndarray, probs: np.ndarray, t: int = 10) -> np.nd
     n_labels, height, width = probs.shape
     crf = dcrf.DenseCRF2D(width, height, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    crf.addPairwiseGaussian(sxy=3, compat=3)
-    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
+    crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+    crf.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(img, dtype=np.uint8),
+                             compat=bi_w)
     q = crf.inference(t)
     return np.asarray(q, dtype=np.float32).reshape((n_labels, height, width))
 

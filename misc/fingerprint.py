@@ -60,7 +60,7 @@ def folder_signature(folder: Path, suffix: str = '.png') -> dict:
 
 
 # Settings that name a weights file: a step that depends on one also depends on the file's contents.
-WEIGHTS_SETTINGS = ('pretrained', 'cam_weights', 'relation_weights')
+WEIGHTS_SETTINGS = ('pretrained', 'cam_weights', 'relation_weights', 'seg_pretrained', 'seg_weights')
 
 
 def weights_inputs(cfg: Config, names) -> dict:

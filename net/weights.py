@@ -189,3 +189,45 @@ def load_reference_weights(model: nn.Module, network: str, path: Path, flag: str
     state = read_state_dict(path, flag)
     load_into(model, to_project(network, state), f'{flag} {path}')
     return model
+
+
+# ----------------------------------------------------------------------------- segmentation network (DeepLab-v2)
+
+def load_deeplab(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = 'state dict') -> nn.Module:
+    """Load a kazuto1011/deeplab-pytorch state dict into `net.deeplab.DeepLabV2`; returns the model.
+
+    Two kinds, told apart by their keys:
+      trained  an MSC checkpoint (`DeepLabV2_ResNet101_MSC().state_dict()`, e.g. deeplabv2_resnet101_msc-vocaug.pth
+               or a train_seg `seg.pt`'s model): keys `base.layer1.conv1.conv.weight`, ..., `base.aspp.c3.bias`;
+               every tensor is required, ASPP included
+      init     deeplab-pytorch's initial weights (deeplabv1_resnet101-imagenet.pth, deeplabv1_resnet101-coco.pth):
+               the same keys without `base.` and without ASPP; the backbone is loaded, ASPP keeps its own
+               initialisation; the pre-training classifier (`fc.*`, e.g. COCO's 91 classes) is dropped, as the
+               reference's non-strict load drops it
+    `num_batches_tracked` is optional (frozen BN has none). A missing, unexpected or mis-shaped tensor raises
+    BadInputError naming `source` and the tensor.
+    """
+    state = {k.removeprefix('module.'): v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+    trained = any(k.startswith('base.') for k in state)
+    if not trained:
+        state = {f'base.{k}': v for k, v in state.items() if not k.startswith('fc.')}
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
+    required = [k for k in own if trained or not k.startswith('base.aspp.')]
+    missing = [k for k in required if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f'{k} {tuple(state[k].shape)}, expected {tuple(own[k].shape)}' for k in state
+             if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    kind = 'trained MSC checkpoint' if trained else 'init file (no base. prefix)'
+    if wrong:
+        raise BadInputError(f'{source}: {kind}: tensor {wrong[0]} ({len(wrong)} mis-shaped); give weights of '
+                            f'DeepLab-v2 ResNet-101 with {own["base.aspp.c0.bias"].numel()} classes')
+    if missing:
+        raise BadInputError(f'{source}: {kind}: tensor {missing[0]} missing ({len(missing)} in all); give a '
+                            'deeplab-pytorch DeepLab-v2 ResNet-101 file (see net/weights.py)')
+    if unexpected:
+        raise BadInputError(f'{source}: {kind}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all); give '
+                            'a deeplab-pytorch DeepLab-v2 ResNet-101 file (see net/weights.py)')
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+    return model

@@ -36,6 +36,9 @@ PASS: dict[str, Optional[str]] = {
     'train_relation': None,
     'make_sem_seg': None,
     'eval_sem_seg': 'step.eval_sem_seg',
+    'train_seg': 'step.train_seg',
+    'make_seg': 'step.make_seg',
+    'eval_seg': 'step.eval_seg',
     'make_ins_seg': None,
     'eval_ins_seg': None,
 }
@@ -55,13 +58,26 @@ SLOT_ALIASES: dict[str, str] = {'cam_to_ir_label': 'make_relation_labels', 'trai
 
 PASS_STEPS = tuple(PASS)
 CDA_STEPS = tuple(SHARED) + tuple(f'cda_{s}' for s in PASS_STEPS)
-ALL_STEPS = PASS_STEPS + CDA_STEPS
+# The segmentation network trained on the ground truth of the train list (the fully supervised upper bound,
+# `fs_<slot>`, in the `fully_supervised` stage): on the synthetic data, beside baseline and CDA.
+BOUND_STEPS = tuple(f'fs_{s}' for s in ('train_seg', 'make_seg', 'eval_seg'))
+ALL_STEPS = PASS_STEPS + CDA_STEPS + BOUND_STEPS
+# Step-name prefix -> the stage the step runs in (its outputs go to work_dir/<stage>).
+STAGE_PREFIXES = {'cda_': 'cda', 'fs_': 'fully_supervised'}
 STEP_ALIASES = {**SLOT_ALIASES, **{f'cda_{old}': f'cda_{new}' for old, new in SLOT_ALIASES.items()}}
 
 
 def method(name: str) -> ModuleType:
     """The module of a method (`methods.irn`, ...)."""
     return importlib.import_module(METHODS[name])
+
+
+def split_step(step: str) -> tuple[str, str]:
+    """(slot, stage) of a step name: 'cda_make_cam' -> ('make_cam', 'cda'), 'make_cam' -> ('make_cam', '')."""
+    for prefix, stage in STAGE_PREFIXES.items():
+        if step.startswith(prefix):
+            return step[len(prefix):], stage
+    return step, ''
 
 
 def module_for(method_name: str, slot: str) -> Optional[str]:
@@ -90,7 +106,8 @@ def catalog() -> config.Catalog:
         module = method(name)
         methods[name] = config.MethodSpec(name=name, help=module.HELP, profiles=module.PROFILES,
                                           validate=module.validate)
-    return config.Catalog(pass_steps=PASS_STEPS, cda_steps=CDA_STEPS, step_aliases=STEP_ALIASES, methods=methods)
+    return config.Catalog(pass_steps=PASS_STEPS, cda_steps=CDA_STEPS, step_aliases=STEP_ALIASES, methods=methods,
+                          bound_steps=BOUND_STEPS)
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> config.Config:

@@ -70,7 +70,15 @@ def _pass_figures(cfg: Config, ids: list[str]) -> dict:
     ir = ir_label_quality(cfg, ids)
     if ir:
         figures['ir_precision'], figures['ir_coverage'] = ir['precision'], ir['coverage']
+    figures.update(_seg_figures(cfg))
     return figures
+
+
+def _seg_figures(cfg: Config) -> dict:
+    """The segmentation network's held-out figures of a pass (None when not measured): seg_miou_val and
+    seg_miou_val_crf, the val mIoU of its predictions without and with the CRF (metrics/eval_seg.json)."""
+    seg = _read_metric(cfg.metrics_dir / 'eval_seg.json') or {}
+    return {'seg_miou_val': seg.get('miou'), 'seg_miou_val_crf': seg.get('miou_crf')}
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -86,6 +94,8 @@ def summary_table(base: dict, cda: dict) -> str:
     rows += [(title, key) for title, key in context if base.get(key) is not None or cda.get(key) is not None]
     rows += [('IR label precision', 'ir_precision'), ('IR label coverage', 'ir_coverage'),
              ('pseudo-mask mIoU', 'sem_seg_miou')]
+    rows += [('segmentation network, val mIoU', 'seg_miou_val'),
+             ('segmentation network, val mIoU + CRF', 'seg_miou_val_crf')]
     if base.get('ins_seg_map50') is not None or cda.get('ins_seg_map50') is not None:
         rows += [('instance mAP@0.25', 'ins_seg_map25'), ('instance mAP@0.5', 'ins_seg_map50'),
                  ('instance mAP@0.75', 'ins_seg_map75')]
@@ -104,14 +114,20 @@ def write_summary(cfg: Config, timings: dict) -> Optional[str]:
     except imutils.BadInputError:
         ids = []
     base, cda = _pass_figures(cfg, ids), _pass_figures(with_stage(cfg, 'cda'), ids)
-    if base['cam_miou'] is None and base['sem_seg_miou'] is None and cda['cam_miou'] is None:
+    full = _seg_figures(with_stage(cfg, 'fully_supervised'))
+    if base['cam_miou'] is None and base['sem_seg_miou'] is None and cda['cam_miou'] is None \
+            and base['seg_miou_val'] is None and full['seg_miou_val'] is None:
         return None
     table = summary_table(base, cda)
     payload = {'baseline': base, 'cda': cda, 'step_seconds': timings, 'profile': cfg.profile}
+    if full['seg_miou_val'] is not None:        # the same network on the ground truth: the upper bound
+        payload['fully_supervised'] = full
+        table += (f'\n\nfully supervised upper bound (the same segmentation network on the ground truth of the train '
+                  f'list): val mIoU {_fmt(full["seg_miou_val"])}, + CRF {_fmt(full["seg_miou_val_crf"])}')
     bank = _read_metric(cfg.object_bank_dir / 'counts.json')
     if bank:
         payload['object_bank'] = bank
-    for key in ('cam_miou', 'cam_miou_shift', 'sem_seg_miou', 'ins_seg_map50'):
+    for key in ('cam_miou', 'cam_miou_shift', 'sem_seg_miou', 'ins_seg_map50', 'seg_miou_val', 'seg_miou_val_crf'):
         if base.get(key) is not None and cda.get(key) is not None:
             payload[f'{key}_gain'] = cda[key] - base[key]
     metrics.write_json(cfg.work_dir / 'metrics' / 'summary.json', payload)
@@ -239,6 +255,13 @@ def write_report(cfg: Config) -> Optional[Path]:
             lines.append(f'- {title} instance masks: mAP {100 * result["map25"]:.1f} / {100 * result["map"]:.1f} / '
                          f'{100 * result["map75"]:.1f} at mask IoU 0.25 / 0.5 / 0.75 ({result["pred_instances"]} '
                          f'predicted, {result["gt_instances"]} ground-truth instances, {result["images"]} images)')
+    for stage_cfg, title in ((cfg, 'baseline'), (with_stage(cfg, 'cda'), 'CDA'),
+                             (with_stage(cfg, 'fully_supervised'), 'fully supervised (ground truth)')):
+        result = _read_metric(stage_cfg.metrics_dir / 'eval_seg.json')
+        if result and result.get('miou') is not None:
+            crf = '-' if result.get('miou_crf') is None else f'{100 * result["miou_crf"]:.1f}'
+            lines.append(f'- {title} segmentation network: val mIoU {100 * result["miou"]:.1f}, with CRF {crf} '
+                         f'({result["images"]} held-out images)')
     if any((_read_metric(c.metrics_dir / 'eval_cam.json') or {}).get('leakage_usual') is not None
            for c in (cfg, with_stage(cfg, 'cda'))):
         lines.append('- CAM leakage: the share of a class\'s CAM mass on ground-truth background (mean over image '

@@ -27,9 +27,7 @@ dotted name (`misc.cda.paste_object`) is a module of the repository followed, if
 module defines at its top level.
 
 Links. Every relative link `[text](target)` outside code resolves to a file or folder of the
-repository, and its `#anchor` to a heading of that page (GitHub's slugs). Links to the pages listed in
-PAGES_FROM_OTHER_BRANCHES may be missing (they are being written in other branches); once such a page
-exists it is checked like any other.
+repository, and its `#anchor` to a heading of that page (GitHub's slugs).
 """
 from __future__ import annotations
 
@@ -48,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Pages that other branches add; links to them are allowed while they are missing. Remove an entry once
 # its branch is merged.
-PAGES_FROM_OTHER_BRANCHES = ('docs/segmentation.md',)
 
 # Options of programs without a parser in this repository that the pages may use.
 SLURM_OPTIONS = frozenset({'--nodes', '--ntasks-per-node', '--gpus-per-node', '--cpus-per-task'})
@@ -271,10 +268,8 @@ def link_problems(text: str, page: Path, root: Path = ROOT) -> list[str]:
                     continue
                 file_part, _, anchor = target.partition('#')
                 path = (page.parent / file_part).resolve() if file_part else page
-                relative = path.relative_to(root.resolve()).as_posix() if path.is_relative_to(root.resolve()) else None
                 if file_part and not path.exists():
-                    if relative not in PAGES_FROM_OTHER_BRANCHES:
-                        problems.append(f'{name}:{line}: link to {target}: no such file')
+                    problems.append(f'{name}:{line}: link to {target}: no such file')
                     continue
                 page_text = text if path == page else path.read_text() if path.suffix == '.md' else None
                 if anchor and page_text is not None and anchor not in anchors(page_text):
@@ -306,7 +301,6 @@ def test_every_docs_page_is_in_the_readme_map():
     readme = (ROOT / 'README.md').read_text()
     listed = set(re.findall(r'\]\((docs/[\w-]+\.md)\)', readme))
     assert {p.relative_to(ROOT).as_posix() for p in (ROOT / 'docs').glob('*.md')} <= listed
-    assert set(PAGES_FROM_OTHER_BRANCHES) <= listed
 
 
 # ----------------------------------------------------------------------------- the checker on made-up text
@@ -354,7 +348,7 @@ def test_links_are_checked(tmp_path):
     (tmp_path / 'docs' / 'a.md').write_text('# A page\n\n## Its `--flag` section\n\ntext\n')
     page = tmp_path / 'README.md'
     good = ('[a](docs/a.md) [b](docs/a.md#a-page) [c](docs/a.md#its---flag-section) [d](#top) [e](docs/) '
-            '[web](https://example.org/x#y) [later](docs/segmentation.md) `[code](nowhere.md)`\n\n# Top\n')
+            '[web](https://example.org/x#y) `[code](nowhere.md)`\n\n# Top\n')
     assert link_problems(good, page, tmp_path) == []
     bad = '[a](docs/b.md)\n\n[b](docs/a.md#no-such-heading)\n\n[c](#nowhere)\n'
     assert link_problems(bad, page, tmp_path) == [

@@ -108,8 +108,12 @@ def test_the_check_fails_on_a_step_that_breaks_the_protocol(tmp_path):
 
 def test_pass_order_and_names_derive_from_the_registry():
     assert registry.PASS_STEPS == ('train_cam', 'make_cam', 'eval_cam', 'make_relation_labels', 'train_relation',
-                                   'make_sem_seg', 'eval_sem_seg', 'make_ins_seg', 'eval_ins_seg')
+                                   'make_sem_seg', 'eval_sem_seg', 'train_seg', 'make_seg', 'eval_seg',
+                                   'make_ins_seg', 'eval_ins_seg')
     assert registry.CDA_STEPS[0] == 'make_object_bank'
+    assert registry.BOUND_STEPS == ('fs_train_seg', 'fs_make_seg', 'fs_eval_seg')
+    assert registry.split_step('fs_train_seg') == ('train_seg', 'fully_supervised')
+    assert registry.split_step('cda_make_cam') == ('make_cam', 'cda') and registry.split_step('make_cam') == ('make_cam', '')
     assert registry.CDA_STEPS[1:] == tuple(f'cda_{s}' for s in registry.PASS_STEPS)
     assert registry.module_for('irn', 'train_irn') == registry.module_for('irn', 'train_relation') == 'step.train_irn'
     assert registry.module_for('seam', 'make_ins_seg') is None

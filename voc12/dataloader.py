@@ -26,7 +26,7 @@ from voc12.classes import CAT_LIST, CAT_NAME_TO_NUM, N_CAT
 logger = logging.getLogger(__name__)
 
 IMG_DIR, ANNOT_DIR, SEG_DIR = 'JPEGImages', 'Annotations', 'SegmentationClass'
-SPLIT_NAMES = ('train', 'val', 'trainval', 'train_aug', 'shift')
+SPLIT_NAMES = ('train', 'val', 'trainval', 'train_aug', 'shift', 'test')
 
 
 # ----------------------------------------------------------------------------- lists and labels
@@ -77,7 +77,7 @@ def _split_ids(split: str, root: Path, sbd_root: Optional[Path]) -> list[str]:
     if split == 'shift' and not (seg_sets / 'shift.txt').is_file():
         raise BadInputError(f'{seg_sets / "shift.txt"}: missing; only the synthetic dataset has a context-shift '
                             'split (--synthetic_n_shift above 0)')
-    if split in ('train', 'val', 'trainval', 'shift'):
+    if split in ('train', 'val', 'trainval', 'shift', 'test'):
         path = seg_sets / f'{split}.txt'
         if not path.is_file():
             raise BadInputError(f'{path}: missing; the VOC devkit should have it (or pass a list file)')
