@@ -127,10 +127,11 @@ def repeat_ids(ids: list[str], n: int) -> list[str]:
 
 
 class Take:
-    """The next `n` batches of a shared DataLoader iterator, as a sized iterable for train_one_epoch."""
+    """The next `n` batches of a shared DataLoader iterator, as a sized iterable for train_one_epoch (with
+    the loader's dataset, whose pair labels the step's `misc.device_input.to_device` call needs)."""
 
-    def __init__(self, iterator, n: int):
-        self.iterator, self.n = iterator, n
+    def __init__(self, iterator, n: int, dataset=None):
+        self.iterator, self.n, self.dataset = iterator, n, dataset
 
     def __len__(self) -> int:
         return self.n
@@ -148,10 +149,10 @@ def run_iterations(one_epoch, loader, warmup: int, timed: int, budget_s: float) 
     start = time.perf_counter()
     iterator = iter(loader)
     if warmup:
-        one_epoch(Take(iterator, warmup))
+        one_epoch(Take(iterator, warmup, loader.dataset))
     totals = {'images': 0, 'data_seconds': 0.0, 'seconds': 0.0, 'iterations': 0}
     while totals['iterations'] < timed:
-        stats = one_epoch(Take(iterator, 1))
+        stats = one_epoch(Take(iterator, 1, loader.dataset))
         for key in ('images', 'data_seconds', 'seconds'):
             totals[key] += stats[key]
         totals['iterations'] += 1

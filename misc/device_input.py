@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from misc.imutils import IMAGENET_MEAN, IMAGENET_STD
+
 PAIR_LABEL_KEYS = ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')
 IMAGE_KEYS = ('img', 'aug_img')
 
