@@ -373,7 +373,8 @@ def sample_cost(dataset, n: int, batch: int) -> float:
 
 def expand_cost(dataset, normalise, n: int, batch: int) -> float:
     """Seconds per sample of `device_input.to_device` on the CPU for compact batches (collated beforehand)."""
-    batches = [default_collate([dataset[i] for i in range(first, min(n, first + batch))]) for first in range(0, n, batch)]
+    batches = [default_collate([dataset[i] for i in range(first, min(n, first + batch))])
+               for first in range(0, n, batch)]
     cpu = torch.device('cpu')
     start = time.perf_counter()
     for b in batches:
