@@ -77,9 +77,10 @@ class PairLabels:
     different labels; pairs touching a label >= 21 (255, ignore) are in none.
 
     The pairs of `misc.indexing.PathIndex` and `pair_indices` are windows: the sources a rectangle of the
-    map, each destination row the same rectangle shifted by one offset. Such pairs are read as P slices of
-    the map (one copy of the (N, P, S) bytes); any other indices are gathered (`index_select`, the index
-    tensors made once per device). The structure is checked once per map size.
+    map, each destination row the same rectangle shifted by one offset. On the CPU such pairs are read as P
+    slices of the map (one copy of the (N, P, S) bytes; numpy-style gathers cost 5-20x that there); on other
+    devices, and for any other indices, they are gathered (`index_select`, one kernel, the index tensors made
+    once per device). The structure is checked once per map size.
     """
 
     def __init__(self, src: np.ndarray, dst: np.ndarray):
@@ -108,7 +109,7 @@ class PairLabels:
 
     def __call__(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, height, width = maps.shape
-        plan = self.windows(height, width)
+        plan = self.windows(height, width) if maps.device.type == 'cpu' else None    # CUDA: one gather kernel
         if plan is not None:
             top, left, rows, cols, offsets = plan
             label_from = maps[:, top:top + rows, left:left + cols].reshape(n, 1, -1)           # (N, 1, S)
