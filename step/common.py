@@ -58,9 +58,15 @@ def device_of(cfg: Config) -> torch.device:
 
 def init_train_worker(worker_id: int) -> None:
     """DataLoader worker init: seeds (torchutils.seed_worker) and one OpenCV thread, as torch's own (the
-    DataLoader sets one torch thread per worker): each worker is one core's worth of sample work."""
+    DataLoader sets one torch thread per worker): each worker is one core's worth of sample work.
+
+    A forked worker must not resize the OpenCV thread pool it inherits: with OpenCV's pthreads backend,
+    `cv2.setNumThreads` in a child whose parent's pool threads were asleep waits forever on the parent's
+    condition variables. So `train_loader` sets one thread in the main process before the workers fork,
+    and a worker sets it only where it did not inherit it (a spawned worker, a loader made elsewhere)."""
     import cv2
-    cv2.setNumThreads(1)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     torchutils.seed_worker(worker_id)
 
 
@@ -71,12 +77,16 @@ def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=No
     With `compact` (default) a dataset that has the switch (voc12's training datasets) gives its uint8
     samples, a quarter of the bytes or less, which the training step expands on its device with
     `misc.device_input.to_device`; pinned memory where CUDA is present, and workers kept across epochs
-    (the datasets' epoch is in shared memory, so `set_epoch` still reaches them)."""
+    (the datasets' epoch is in shared memory, so `set_epoch` still reaches them). With workers, the main
+    process is set to one OpenCV thread, which its workers inherit."""
     world = torchutils.world_size()
     if global_batch % world:
         raise BadInputError(f'batch {global_batch} does not split over {world} processes; use a multiple')
     if compact and hasattr(dataset, 'compact'):
         dataset.compact = True
+    if cfg.num_workers > 0:
+        import cv2
+        cv2.setNumThreads(1)     # before the workers fork (see init_train_worker); the main process makes no samples
     sampler = DistributedSampler(dataset, num_replicas=world, rank=torchutils.rank(), shuffle=True,
                                  seed=cfg.seed, drop_last=False)
     return DataLoader(dataset, batch_size=global_batch // world, sampler=sampler, drop_last=True,

@@ -237,6 +237,37 @@ def test_worker_init_sets_one_opencv_thread():
         cv2.setNumThreads(before)
 
 
+def test_workers_start_after_opencv_threads_slept(synthetic_voc, tmp_path):
+    """Regression: a forked worker that resized OpenCV's pool inherited asleep hung for ever (full suite)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / 'fork_after_cv2.py'
+    script.write_text(f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+import cv2, numpy as np
+from misc.config import Config
+from step import common
+from voc12 import dataloader
+cv2.setNumThreads(2)
+img = np.zeros((1500, 1500, 3), np.uint8)
+for _ in range(3):
+    cv2.GaussianBlur(cv2.resize(img, (2500, 2500)), (0, 0), 5)
+time.sleep(1)                                       # the pool's threads go to sleep on their condition variable
+root = {str(synthetic_voc)!r}
+ids = dataloader.resolve_list('train', 'train', root)[:4]
+labels = dataloader.load_image_labels(root, ids)
+dataset = dataloader.ClassificationDataset(ids, root, labels, (48, 80), 64)
+cfg = Config(work_dir={str(tmp_path)!r}, voc12_root=root, num_workers=1)
+batch = next(iter(common.train_loader(dataset, 2, cfg)))
+print('batch', tuple(batch['img'].shape))
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == 'batch (2, 64, 64, 3)'
+
+
 def test_epoch_is_shared_with_forked_workers(synthetic_voc, ids_labels):
     ids, labels = ids_labels
     dataset = dataloader.ClassificationDataset(ids[:4], synthetic_voc, labels, (48, 80), 64, seed=0)
