@@ -23,8 +23,29 @@ OpenCV and torch on one thread (as in a DataLoader worker), best of 3 alternatin
 bank is built by `step.make_object_bank.run` from the synthetic ground truth.
 Target: a CDA sample costs at most 2.5x a baseline sample.
 
+Loader (`--loader`, on its own): the CPU cost of one training sample at paper size (375x500 images) of
+each training dataset, today's path (float32 samples normalised in the worker, pair labels as float32
+(P, S) tensors) against the compact one (uint8 samples kept in PIL until their crop, normalised and
+paired on the device by `misc.device_input.to_device`; see docs/performance_loader.md): `__getitem__`
+plus its share of the collate, as a DataLoader worker does them, with OpenCV and torch on one thread,
+warm caches, both paths alternating round by round, best of `--loader-rounds`. Each line gives the
+dataset, `per sample`, both costs in ms and their ratio; `expand` is the device-side work of the compact
+batch measured here on the CPU (the main process's work in a CPU run; on a GPU a few kernels). Every
+compact sample is checked against today's one (bit-identical; seg: within the stated tolerance). Below
+3x, the compact path's measured breakdown (cProfile buckets) is printed.
+
+  cam   ClassificationDataset, crop 512, long side 320-640 (IRNet's CAM)
+  cda   CDAClassificationDataset, the same with the pasted image (rotate variant)
+  irn   AffinityDataset, crop 512, scale 0.5-1.5, pair labels radius 10 at stride 4
+  aff   CrfAffinityDataset, crop 448, colour jitter, pair labels radius 5 at stride 8 (soft la/ha maps made
+        from the ground truth, blurred, float16 compressed as make_crf_labels writes them)
+  seam  ClassificationDataset, crop 448, long side 448-768, colour jitter (SEAM's CAM)
+  seg   DeepLab-v2 input as deeplab-pytorch's VOCAug (`SegSampleStandIn` here: crop 321, scales 0.5-1.5,
+        flip, mean-BGR): a stand-in until the segmentation step's own dataset exists
+
     python benchmarks/training.py [--num-workers 1]    # demo and paper (3 minutes on 2 idle CPU cores)
     python benchmarks/training.py --quick               # demo only, few iterations
+    python benchmarks/training.py --loader              # the loader's CPU cost per sample (about a minute)
 
 Timings are wall-clock; on a shared machine check the load average that is printed.
 """
@@ -44,14 +65,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import Dataset, default_collate  # noqa: E402
 
-from misc import imutils, torchutils  # noqa: E402
+from misc import device_input, imutils, torchutils  # noqa: E402
 from misc.cda import ObjectBank  # noqa: E402
 from misc.config import PROFILES, Config  # noqa: E402
 from misc.indexing import PathIndex  # noqa: E402
 from step import common, make_object_bank, train_cam, train_irn  # noqa: E402
 from voc12 import dataloader, synthetic  # noqa: E402
+from voc12.aff_dataset import CrfAffinityDataset  # noqa: E402
 from voc12.cda_dataset import CDAClassificationDataset  # noqa: E402
 from voc12.classes import VOC12  # noqa: E402
 
@@ -104,10 +128,11 @@ def repeat_ids(ids: list[str], n: int) -> list[str]:
 
 
 class Take:
-    """The next `n` batches of a shared DataLoader iterator, as a sized iterable for train_one_epoch."""
+    """The next `n` batches of a shared DataLoader iterator, as a sized iterable for train_one_epoch (with
+    the loader's dataset, whose pair labels the step's `misc.device_input.to_device` call needs)."""
 
-    def __init__(self, iterator, n: int):
-        self.iterator, self.n = iterator, n
+    def __init__(self, iterator, n: int, dataset=None):
+        self.iterator, self.n, self.dataset = iterator, n, dataset
 
     def __len__(self) -> int:
         return self.n
@@ -125,10 +150,10 @@ def run_iterations(one_epoch, loader, warmup: int, timed: int, budget_s: float) 
     start = time.perf_counter()
     iterator = iter(loader)
     if warmup:
-        one_epoch(Take(iterator, warmup))
+        one_epoch(Take(iterator, warmup, loader.dataset))
     totals = {'images': 0, 'data_seconds': 0.0, 'seconds': 0.0, 'iterations': 0}
     while totals['iterations'] < timed:
-        stats = one_epoch(Take(iterator, 1))
+        stats = one_epoch(Take(iterator, 1, loader.dataset))
         for key in ('images', 'data_seconds', 'seconds'):
             totals[key] += stats[key]
         totals['iterations'] += 1
@@ -218,6 +243,252 @@ def bench_cda(cfg: Config, ids: list[str], labels: dict, n: int) -> tuple[dict, 
     return time_getitem(datasets, n), len(bank)
 
 
+# ----------------------------------------------------------------------------- loader cost per sample
+
+TARGET_LOADER_RATIO = 3.0
+SEG_MEAN_BGR = (122.675, 116.669, 104.008)       # deeplab-pytorch's configs/voc12.yaml
+SEG_TOLERANCE = 1.0                              # max |compact - today| of the seg input, in grey levels
+
+
+class SegSampleStandIn(Dataset):
+    """deeplab-pytorch's VOCAug training sample (libs/datasets/base.py `_augmentation`), draws from the
+    sample's own generator: cv2 BGR decode, scale drawn from `scales`, bilinear image / nearest label
+    resize, padding to the crop (image with the mean BGR, label 255), random crop, flip, minus the mean BGR
+    -> {'img' (3, crop, crop) float32, 'label' (crop, crop) int64}. Compact: the image decoded, resized
+    and cropped in uint8 (cv2's fixed-point bilinear: within SEG_TOLERANCE of the float resize), padded
+    with 0 and a validity rectangle, the mean subtracted on the device; the label uint8, identical.
+    A stand-in for the loader benchmark until the segmentation step brings its own dataset."""
+
+    compact = False
+
+    def __init__(self, ids, root: Path, label_dir: Path, crop_size: int = 321,
+                 scales=(0.5, 0.75, 1.0, 1.25, 1.5), seed: int = 0):
+        self.ids, self.root, self.label_dir = list(ids), Path(root), Path(label_dir)
+        self.crop_size, self.scales, self.seed = crop_size, tuple(scales), seed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+        rng = np.random.default_rng((self.seed, 0, index))
+        image_id, crop = self.ids[index], self.crop_size
+        image = cv2.imread(str(self.root / 'JPEGImages' / f'{image_id}.jpg'), cv2.IMREAD_COLOR)
+        label = imutils.read_label_png(self.label_dir / f'{image_id}.png')
+        scale = self.scales[int(rng.integers(len(self.scales)))]
+        height, width = (int(label.shape[0] * scale), int(label.shape[1] * scale))
+        if not self.compact:
+            image = image.astype(np.float32)
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        label = np.asarray(Image.fromarray(label).resize((width, height), resample=Image.NEAREST))
+        pad_h, pad_w = max(crop - height, 0), max(crop - width, 0)
+        if pad_h or pad_w:
+            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT,
+                                       value=(0, 0, 0) if self.compact else SEG_MEAN_BGR)
+            label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=255)
+        top = int(rng.integers(label.shape[0] - crop + 1))
+        left = int(rng.integers(label.shape[1] - crop + 1))
+        image, label = image[top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
+        valid = [0, min(crop, height - top), 0, min(crop, width - left)]
+        if rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+            valid[2:] = [crop - valid[3], crop]
+        if self.compact:
+            return {'name': image_id, 'img': torch.from_numpy(np.ascontiguousarray(image)),
+                    'img_valid': torch.tensor(valid), 'label': torch.from_numpy(np.ascontiguousarray(label))}
+        image = image - np.asarray(SEG_MEAN_BGR, np.float32)
+        return {'name': image_id, 'img': torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                'label': torch.from_numpy(label.astype(np.int64))}
+
+
+def write_soft_crf_maps(root: Path, crf_dir: Path, ids: list[str]) -> None:
+    """la/ha maps as make_crf_labels writes them (float16, compressed), soft: the ground truth's one-hot
+    channels (background, then the image's classes) blurred (sigma 6 px) and renormalised; ha shrinks the
+    objects (background power 4)."""
+    from misc.crf import save_crf_maps
+    for image_id in ids:
+        mask = imutils.read_label_png(root / 'SegmentationClass' / f'{image_id}.png')
+        keys = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
+        onehot = np.stack([(mask == 0) | (mask == 255)] + [mask == k for k in keys]).astype(np.float32)
+        soft = np.stack([cv2.GaussianBlur(c, (0, 0), 6) for c in onehot]) + 1e-3
+        la = soft / soft.sum(axis=0)
+        ha = la.copy()
+        ha[0] = la[0] ** 0.25
+        ha /= ha.sum(axis=0)
+        save_crf_maps(crf_dir / f'{image_id}.npz', keys - 1, la, ha)
+
+
+def build_bank(cfg: Config, ids: list[str]) -> ObjectBank:
+    """The object bank of `ids` from the synthetic ground truth (make_object_bank on exactly those ids)."""
+    id_list = cfg.work_dir / 'bank_ids.txt'
+    id_list.parent.mkdir(parents=True, exist_ok=True)
+    id_list.write_text(''.join(f'{i}\n' for i in sorted(set(ids))))
+    make_object_bank.run(dataclasses.replace(cfg, cda_bank_source=cfg.dataset_root / 'SegmentationClass',
+                                             train_list=str(id_list), overwrite=True))
+    return ObjectBank.load(cfg.object_bank_dir)
+
+
+def loader_datasets(tmp: Path, paper_root: Path, ids: list[str], labels: dict) -> dict[str, tuple]:
+    """{name: (make(compact) -> dataset, normalise)} for the six training datasets at paper settings."""
+    from misc.config import profile_values
+    irn = Config(work_dir=tmp / 'loader', voc12_root=paper_root)
+    psa = Config(work_dir=tmp / 'loader', voc12_root=paper_root, **profile_values('affinitynet', 'paper'))
+    seam = Config(work_dir=tmp / 'loader', voc12_root=paper_root, **profile_values('seam', 'paper'))
+    crf_dir = tmp / 'loader' / 'crf'
+    write_soft_crf_maps(paper_root, crf_dir, ids)
+    bank = build_bank(irn, ids)
+    seg_labels = paper_root / 'SegmentationClass'
+    path_index = PathIndex(radius=10, default_size=(irn.irn_crop_size // 4, irn.irn_crop_size // 4))
+
+    def compact_as(dataset, compact: bool):
+        dataset.compact = compact
+        return dataset
+
+    imagenet = device_input.imagenet_normalise
+    return {
+        'cam': (lambda c: compact_as(dataloader.ClassificationDataset(
+            ids, paper_root, labels, irn.cam_resize_long, irn.cam_crop_size, irn.seed), c), imagenet),
+        'cda': (lambda c: compact_as(CDAClassificationDataset(
+            ids, paper_root, labels, bank, irn.cam_resize_long, irn.cam_crop_size, seed=irn.seed,
+            variant=irn.cda_variant), c), imagenet),
+        'irn': (lambda c: compact_as(dataloader.AffinityDataset(
+            ids, paper_root, seg_labels, irn.irn_crop_size, path_index.src_indices, path_index.dst_indices,
+            irn.irn_rescale, irn.seed), c), imagenet),
+        'aff': (lambda c: compact_as(CrfAffinityDataset(ids, paper_root, crf_dir, psa.aff_crop_size, seed=psa.seed), c),
+                imagenet),
+        'seam': (lambda c: compact_as(dataloader.ClassificationDataset(
+            ids, paper_root, labels, seam.cam_resize_long, seam.cam_crop_size, seam.seed,
+            jitter=seam.cam_color_jitter), c), imagenet),
+        'seg': (lambda c: compact_as(SegSampleStandIn(ids, paper_root, seg_labels), c),
+                device_input.mean_subtract(SEG_MEAN_BGR)),
+    }
+
+
+def sample_cost(dataset, n: int, batch: int) -> float:
+    """Seconds per sample of __getitem__ + default_collate over indices 0..n-1, in batches of `batch`."""
+    start = time.perf_counter()
+    for first in range(0, n, batch):
+        default_collate([dataset[i] for i in range(first, min(n, first + batch))])
+    return (time.perf_counter() - start) / n
+
+
+def expand_cost(dataset, normalise, n: int, batch: int) -> float:
+    """Seconds per sample of `device_input.to_device` on the CPU for compact batches (collated beforehand)."""
+    batches = [default_collate([dataset[i] for i in range(first, min(n, first + batch))])
+               for first in range(0, n, batch)]
+    cpu = torch.device('cpu')
+    start = time.perf_counter()
+    for b in batches:
+        device_input.to_device(b, cpu, getattr(dataset, 'pair_labels', None), normalise)
+    return (time.perf_counter() - start) / n
+
+
+def compare_samples(name: str, today, compact, normalise, n: int) -> str:
+    """Today's samples against the compact ones expanded on the CPU; raises on a difference."""
+    cpu = torch.device('cpu')
+    worst = 0.0
+    keys = set()
+    for index in range(n):
+        old = today[index]
+        new = device_input.to_device(default_collate([compact[index]]), cpu, getattr(compact, 'pair_labels', None),
+                                     normalise)
+        for key, value in old.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            got = new[key][0]
+            if name == 'seg' and key == 'img':
+                worst = max(worst, float((got - value).abs().max()))
+                continue
+            if key == 'label' and name == 'seg':
+                got = got.to(torch.int64)
+            if not (got.dtype == value.dtype and torch.equal(got, value)):
+                raise AssertionError(f'{name} sample {index}: {key} differs between the paths')
+            keys.add(key)
+    if name == 'seg':
+        if worst > SEG_TOLERANCE:
+            raise AssertionError(f'seg: image differs by {worst} grey levels (tolerance {SEG_TOLERANCE})')
+        return f'{n} samples: label identical, img within {worst:.2f} grey levels (tolerance {SEG_TOLERANCE:g})'
+    return f'{n} samples bit-identical ({", ".join(sorted(keys))})'
+
+
+BREAKDOWN = (    # (bucket, what cProfile calls it): C calls by tottime, our functions by cumtime
+    ('decode', "method 'decode' of 'ImagingDecoder'", 'tottime'),
+    ('cv2 decode', '<imread>', 'tottime'),
+    ('resize', "method 'resize' of 'ImagingCore'", 'tottime'),
+    ('cv2 resize', '<resize>', 'tottime'),
+    ('colour jitter', 'color_jitter_image', 'cumtime'),
+    ('CRF maps read', 'load_crf_maps', 'cumtime'),
+    ('paste', 'paste_object', 'cumtime'),
+    ('bank object', 'sample', 'cumtime'),
+)
+
+
+def breakdown(dataset, n: int, batch: int) -> str:
+    """Where the compact path's time goes, from cProfile (its overhead inflates 'rest')."""
+    import cProfile
+    import pstats
+    profile = cProfile.Profile()
+    profile.enable()
+    sample_cost(dataset, n, batch)
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    total = sum(tt for (_, _, _), (_, _, tt, _, _) in stats.items())
+    parts = []
+    for bucket, pattern, column in BREAKDOWN:
+        value = sum((ct if column == 'cumtime' else tt) for (file, _, func), (_, _, tt, ct, _) in stats.items()
+                    if pattern in func and (bucket != 'bank object' or file.endswith('cda.py')))
+        if value > 0:
+            parts.append((bucket, value))
+    rest = total - sum(v for _, v in parts)
+    parts.append(('rest', rest))
+    return ', '.join(f'{b} {v / n * 1e3:.2f} ms ({v / total:.0%})' for b, v in parts)
+
+
+def main_loader(args) -> int:
+    print(machine_line(torch.device('cpu'), 0))
+    n, batch, rounds = args.loader_samples, 8, args.loader_rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _, paper_root, ids, labels = make_datasets(tmp, n)
+        makers = loader_datasets(tmp, paper_root, ids, labels)
+        cv2_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+        cv2.setNumThreads(1)                  # as common.init_train_worker; torch: as in a DataLoader worker
+        torch.set_num_threads(1)
+        try:
+            pairs = {name: (make(False), make(True), normalise) for name, (make, normalise) in makers.items()}
+            checks = {name: compare_samples(name, old, new, normalise, n)
+                      for name, (old, new, normalise) in pairs.items()}
+            best = {(name, path): float('inf') for name in pairs for path in (0, 1)}
+            for _ in range(rounds):           # alternating rounds: both paths see the same machine load
+                for name, (old, new, _) in pairs.items():
+                    for path, dataset in ((0, old), (1, new)):
+                        best[name, path] = min(best[name, path], sample_cost(dataset, n, batch))
+            expand = {name: min(expand_cost(new, normalise, n, batch) for _ in range(3))
+                      for name, (_, new, normalise) in pairs.items()}
+            slow = {name: breakdown(new, n, batch) for name, (_, new, _) in pairs.items()
+                    if best[name, 0] / best[name, 1] < TARGET_LOADER_RATIO}
+        finally:
+            cv2.setNumThreads(cv2_threads)
+            torch.set_num_threads(torch_threads)
+    print(f'loader: CPU ms of one training sample at paper size ({PAPER_SIZE[0]}x{PAPER_SIZE[1]} images), '
+          f'__getitem__ + collate share, 1 thread, {n} ids, batches of {batch}, best of {rounds} alternating rounds')
+    met = []
+    for name in pairs:
+        old, new = best[name, 0] * 1e3, best[name, 1] * 1e3
+        ratio = old / new
+        met.append(ratio >= TARGET_LOADER_RATIO)
+        print(f'{name:<5} per sample  today {old:7.2f} ms  compact {new:6.2f} ms  {ratio:5.2f}x  '
+              f'(expand on cpu {expand[name] * 1e3:.2f} ms)')
+    print('same training inputs (compact expanded on the CPU against today\'s):')
+    for name, text in checks.items():
+        print(f'  {name:<5} {text}')
+    for name, text in slow.items():
+        print(f'  {name} below {TARGET_LOADER_RATIO:g}x, compact path: {text}')
+    print(f'target: each dataset at most 1/{TARGET_LOADER_RATIO:g} of today\'s CPU per sample: '
+          f'{sum(met)} of {len(met)} met; load average {", ".join(f"{x:.2f}" for x in os.getloadavg())}')
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -234,7 +505,13 @@ def main() -> int:
     parser.add_argument('--paper-seconds', type=float, default=60.0,
                         help='no new timed paper iteration once a paper setting has run this long (CPU)')
     parser.add_argument('--cda-samples', type=int, default=None, help='ids per getitem round (default 64, quick 16)')
+    parser.add_argument('--loader', action='store_true', help='only the loader\'s CPU cost per sample, '
+                        'today\'s path against the compact one')
+    parser.add_argument('--loader-samples', type=int, default=16, help='ids per loader round (default 16)')
+    parser.add_argument('--loader-rounds', type=int, default=5, help='alternating loader rounds (default 5)')
     args = parser.parse_args()
+    if args.loader:
+        return main_loader(args)
 
     device = torchutils.select_device(args.device)
     cuda = device.type == 'cuda'

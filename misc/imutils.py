@@ -101,6 +101,25 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+def read_rgb_image(path: str | os.PathLike) -> Image.Image:
+    """`read_rgb` as an RGB PIL image, for sample pipelines that resize, flip and crop in PIL: an RGB file is
+    decoded once and not copied into an array; other modes (and unreadable files, which raise as there) go
+    through `read_rgb`."""
+    try:
+        image = Image.open(path)
+        image.load()                          # reads the file and closes it (single-frame formats)
+    except Exception:
+        image = None
+    if image is None or image.mode != 'RGB' or min(image.size) == 0:
+        return Image.fromarray(read_rgb(path))
+    return image
+
+
+def pil_crop(image: Image.Image, box: Sequence[int], crop: int) -> Image.Image:
+    """`apply_crop` with fill 0 on a PIL image: PIL's crop fills the part of the box outside the image with 0."""
+    left, top = box[6] - box[2], box[4] - box[0]
+    return image.crop((left, top, left + crop, top + crop))
+
 
 # ----------------------------------------------------------------------------- resizing
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from misc import torchutils
+from misc import device_input, torchutils
 from misc.config import Config
 from misc.dataset import DatasetInfo
 from misc.imutils import BadInputError
@@ -65,18 +65,43 @@ def device_of(cfg: Config) -> torch.device:
     return torchutils.select_device(cfg.device)
 
 
-def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=None) -> DataLoader:
+def init_train_worker(worker_id: int) -> None:
+    """DataLoader worker init: seeds (torchutils.seed_worker) and one OpenCV thread, as torch's own (the
+    DataLoader sets one torch thread per worker): each worker is one core's worth of sample work.
+
+    A forked worker must not resize the OpenCV thread pool it inherits: with OpenCV's pthreads backend,
+    `cv2.setNumThreads` in a child whose parent's pool threads were asleep waits forever on the parent's
+    condition variables. So `train_loader` sets one thread in the main process before the workers fork,
+    and a worker sets it only where it did not inherit it (a spawned worker, a loader made elsewhere)."""
+    import cv2
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    torchutils.seed_worker(worker_id)
+
+
+def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=None, compact: bool = True) -> DataLoader:
     """Shuffled, drop-last batches; under torchrun each rank takes global_batch / world images, so the
-    global batch (and the lr schedule) equal the single-process run's."""
+    global batch (and the lr schedule) equal the single-process run's.
+
+    With `compact` (default) a dataset that has the switch (voc12's training datasets) gives its uint8
+    samples, a quarter of the bytes or less, which the training step expands on its device with
+    `misc.device_input.to_device`; pinned memory where CUDA is present, and workers kept across epochs
+    (the datasets' epoch is in shared memory, so `set_epoch` still reaches them). With workers, the main
+    process is set to one OpenCV thread, which its workers inherit."""
     world = torchutils.world_size()
     if global_batch % world:
         raise BadInputError(f'batch {global_batch} does not split over {world} processes; use a multiple')
+    if compact and hasattr(dataset, 'compact'):
+        dataset.compact = True
+    if cfg.num_workers > 0:
+        import cv2
+        cv2.setNumThreads(1)     # before the workers fork (see init_train_worker); the main process makes no samples
     sampler = DistributedSampler(dataset, num_replicas=world, rank=torchutils.rank(), shuffle=True,
                                  seed=cfg.seed, drop_last=False)
     return DataLoader(dataset, batch_size=global_batch // world, sampler=sampler, drop_last=True,
                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                      worker_init_fn=torchutils.seed_worker, collate_fn=collate_fn,
-                      persistent_workers=False)
+                      worker_init_fn=init_train_worker, collate_fn=collate_fn,
+                      persistent_workers=cfg.num_workers > 0)
 
 
 def eval_loader(dataset: Dataset, global_batch: int, cfg: Config) -> DataLoader:
@@ -158,8 +183,8 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
     bar = progress(loader, desc=desc, disable=not torchutils.is_main_process(), leave=False)
     for batch in bar:
         data_time += time.perf_counter() - tick
-        img = batch['img'].to(device, non_blocking=True)
-        labels = [batch[k].to(device, non_blocking=True) for k in PAIR_LABELS]
+        batch = device_input.to_device(batch, device, device_input.pair_labels_of(loader))
+        img, labels = batch['img'], [batch[k] for k in PAIR_LABELS]
         counts = None
         if torchutils.is_distributed():
             counts = torchutils.all_reduce_sum(torch.stack([label.sum() for label in labels]).detach())

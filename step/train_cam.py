@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from misc import torchutils
+from misc import device_input, torchutils
 from misc.config import Config
 from misc.progress import progress
 from step import common
@@ -79,6 +79,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, cfg: Config, ep
                    f'{cfg.cam_num_epoches}', disable=not torchutils.is_main_process(), leave=False)
     for batch in bar:
         data_time += time.perf_counter() - tick
+        batch = device_input.to_device(batch, device)
         img, label = batch_inputs(batch)
         img = img.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)

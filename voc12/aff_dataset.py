@@ -7,6 +7,11 @@ label channel); ImageNet normalisation; one horizontal flip for both; the margin
 blocks of the crop; then `confident_label` and the pair labels of radius 5 at stride 8.
 
 Every draw comes from the sample's own generator (seed, epoch, index), as the other datasets here.
+
+Compact samples (misc/device_input.py) stop before the normalisation and the pair labels: the uint8 crop
+(its padding is raw 0 in both paths, so no validity rectangle is needed) and the (crop/8, crop/8) label map.
+They crop (and flip) the float16 marginals straight into a (2(K + 1), crop, crop) float32 canvas: the values
+and the contiguous layout that `block_mean` sees are the old path's, so the pooled maps are bit-identical.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ import numpy as np
 import torch
 
 from misc import imutils
+from misc.device_input import PairLabels
 from misc.indexing import pair_indices
-from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded, color_jitter
+from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded, color_jitter, color_jitter_image
 
 COLOR_JITTER = (0.3, 0.3, 0.3, 0.1)     # brightness, contrast, saturation, hue
 
@@ -43,14 +49,18 @@ def confident_label(la: np.ndarray, ha: np.ndarray) -> np.ndarray:
     return label
 
 
-def load_crf_maps(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(la, ha), each (K + 1, H, W) float32, from a `make_crf_labels` file."""
+def load_crf_maps(path: Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(la, ha), each (K + 1, H, W) `dtype` (None: as stored, float16), from a `make_crf_labels` file."""
     with np.load(path) as data:
-        return data['la'].astype(np.float32), data['ha'].astype(np.float32)
+        if dtype is None:
+            return data['la'], data['ha']
+        return data['la'].astype(dtype), data['ha'].astype(dtype)
 
 
 class CrfAffinityDataset(_EpochSeeded):
-    """{'name', 'img' (3, crop, crop), 'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (P, S)}."""
+    """{'name', 'img' (3, crop, crop), 'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (P, S)};
+    compact: {'name', 'img' (crop, crop, 3) uint8, 'pair_label_map' (crop/8, crop/8) uint8}, whose pair
+    labels `self.pair_labels` gives on the device."""
 
     def __init__(self, ids: Sequence[str], root: Path, crf_dir: Path, crop_size: int = 448, radius: int = 5,
                  seed: int = 0):
@@ -59,6 +69,7 @@ class CrfAffinityDataset(_EpochSeeded):
             raise ValueError(f'crop size {crop_size} is not a multiple of 8')
         self.ids, self.root, self.crf_dir, self.crop_size = list(ids), Path(root), Path(crf_dir), crop_size
         self.extract_affinity_labels = GetAffinityLabelFromIndices(*pair_indices(radius, crop_size // 8))
+        self.pair_labels = PairLabels(*pair_indices(radius, crop_size // 8))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -66,11 +77,17 @@ class CrfAffinityDataset(_EpochSeeded):
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         image_id = self.ids[index]
-        img = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
-        la, ha = load_crf_maps(self.crf_dir / f'{image_id}.npz')
-        if la.shape[1:] != img.shape[:2]:
+        if self.compact:
+            img = color_jitter_image(imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
+        else:
+            img = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
+        la, ha = load_crf_maps(self.crf_dir / f'{image_id}.npz', None if self.compact else np.float32)
+        size = img.size[::-1] if self.compact else img.shape[:2]
+        if la.shape[1:] != size:
             raise imutils.BadInputError(f'{self.crf_dir / image_id}.npz: CRF maps are {la.shape[1:]} but the image '
-                                        f'is {img.shape[:2]}; rerun the la/ha step with --overwrite')
+                                        f'is {tuple(size)}; rerun the la/ha step with --overwrite')
+        if self.compact:
+            return self._compact_sample(image_id, img, la, ha, rng)
         maps = np.concatenate([la, ha]).transpose(1, 2, 0)                      # (H, W, 2(K + 1))
         img, maps = imutils.random_crop([img, maps], self.crop_size, (0, 0.0), rng)
         img, maps = imutils.random_lr_flip([imutils.normalize(img), maps], rng)
@@ -79,3 +96,23 @@ class CrfAffinityDataset(_EpochSeeded):
         bg_pos, fg_pos, neg = self.extract_affinity_labels(label)
         return {'name': image_id, 'img': torch.from_numpy(imutils.hwc_to_chw(img)),
                 'aff_bg_pos_label': bg_pos, 'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
+
+    def _compact_sample(self, image_id: str, image, la: np.ndarray, ha: np.ndarray,
+                        rng: np.random.Generator) -> dict:
+        """The old path's draws (crop box, then flip) on the jittered PIL image and the stored marginals."""
+        from PIL import Image
+        crop = self.crop_size
+        box = imutils.random_crop_box(image.size[::-1], crop, rng)
+        flip = rng.random() > 0.5                                              # imutils.random_lr_flip
+        top, bottom, left, right = box[:4]
+        image = imutils.pil_crop(image, box, crop)                             # raw 0 padding, as apply_crop
+        if flip:                       # the flipped canvas: the crop lands mirrored, its columns reversed
+            image, (left, right) = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (crop - right, crop - left)
+        img = np.array(image)
+        maps = np.zeros((len(la) + len(ha), crop, crop), np.float32)      # (2(K + 1), crop, crop)
+        for offset, stored in ((0, la), (len(la), ha)):
+            region = stored[:, box[4]:box[5], box[6]:box[7]]
+            maps[offset:offset + len(stored), top:bottom, left:right] = region[:, :, ::-1] if flip else region
+        pooled = block_mean(maps)
+        label = confident_label(pooled[:len(la)], pooled[len(la):])
+        return {'name': image_id, 'img': torch.from_numpy(img), 'pair_label_map': torch.from_numpy(label)}

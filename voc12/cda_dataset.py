@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from misc.cda import VARIANTS, ObjectBank, paste_object
-from voc12.dataloader import ClassificationDataset, augment_for_cam
+from voc12.dataloader import ClassificationDataset, augment_for_cam, augment_for_cam_uint8
 
 logger = logging.getLogger(__name__)
 _warned_no_class = False
@@ -36,7 +36,8 @@ def choose_paste_class(label: np.ndarray, available: Sequence[int], rng: np.rand
 
 
 class CDAClassificationDataset(ClassificationDataset):
-    """{'name', 'img', 'label', 'aug_img', 'aug_label', 'pasted_class' (-1 when none)}."""
+    """{'name', 'img', 'label', 'aug_img', 'aug_label', 'pasted_class' (-1 when none)}; compact: 'img' and
+    'aug_img' (crop, crop, 3) uint8 with 'img_valid' and 'aug_img_valid' (4,) (misc/device_input.py)."""
 
     def __init__(self, ids, root: Path, labels: dict[str, np.ndarray], bank: ObjectBank,
                  resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
@@ -79,11 +80,18 @@ class CDAClassificationDataset(ClassificationDataset):
             obj_img, obj_mask = self.bank.sample(pasted_class, rng)
             aug_source, pasted = paste_object(original, obj_img, obj_mask, rng, **self.paste_options)
             aug_label[pasted_class] = 1.0
-        img, _ = augment_for_cam(original, rng, self.resize_long, self.crop_size, jitter=self.jitter)
-        aug_img, visible = augment_for_cam(aug_source, rng, self.resize_long, self.crop_size, mask=pasted,
-                                           jitter=self.jitter)
+        out = {'name': image_id, 'label': torch.from_numpy(label)}
+        if self.compact:
+            img, valid, _ = augment_for_cam_uint8(original, rng, self.resize_long, self.crop_size, jitter=self.jitter)
+            aug_img, aug_valid, visible = augment_for_cam_uint8(aug_source, rng, self.resize_long, self.crop_size,
+                                                                mask=pasted, jitter=self.jitter)
+            out.update(img_valid=torch.from_numpy(valid), aug_img_valid=torch.from_numpy(aug_valid))
+        else:
+            img, _ = augment_for_cam(original, rng, self.resize_long, self.crop_size, jitter=self.jitter)
+            aug_img, visible = augment_for_cam(aug_source, rng, self.resize_long, self.crop_size, mask=pasted,
+                                               jitter=self.jitter)
         if pasted_class is not None and visible < self.min_visible:
             aug_label[pasted_class] = 0.0
-        return {'name': image_id, 'img': torch.from_numpy(img), 'label': torch.from_numpy(label),
-                'aug_img': torch.from_numpy(aug_img), 'aug_label': torch.from_numpy(aug_label),
-                'pasted_class': pasted_class if pasted_class is not None else -1}
+        out.update(img=torch.from_numpy(img), aug_img=torch.from_numpy(aug_img), aug_label=torch.from_numpy(aug_label),
+                   pasted_class=pasted_class if pasted_class is not None else -1)
+        return out

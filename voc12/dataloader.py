@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from misc import imutils
+from misc.device_input import PairLabels
 from misc.indexing import pair_indices
 from misc.imutils import BadInputError
 from voc12.classes import CAT_LIST, CAT_NAME_TO_NUM, N_CAT
@@ -263,14 +264,25 @@ def affinity_labels_in_radius(label: np.ndarray, radius: int = 5):
 # ----------------------------------------------------------------------------- datasets
 
 class _EpochSeeded(Dataset):
-    """Gives each sample its own generator from (seed, epoch, index)."""
+    """Gives each sample its own generator from (seed, epoch, index).
+
+    The epoch lives in a one-element tensor in shared memory, so `set_epoch` in the main process reaches
+    DataLoader workers that persist across epochs (a plain attribute would stay at the value the workers
+    were started with). `compact` switches the samples to their uint8 form (misc/device_input.py), which
+    the training step expands on its device; False (the default) gives today's float32 samples."""
+
+    compact = False
 
     def __init__(self, seed: int):
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(int(epoch))
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch, index))
@@ -282,17 +294,21 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: Sequence[f
     sample stays a function of (seed, epoch, index): factors uniform in [1 - s, 1 + s] (hue: shift in
     [-h, h]), applied by torchvision.transforms.functional on the PIL image in a random order."""
     from PIL import Image
+    return np.asarray(color_jitter_image(Image.fromarray(np.ascontiguousarray(img)), rng, strength), dtype=np.uint8)
+
+
+def color_jitter_image(image, rng: np.random.Generator, strength: Sequence[float]):
+    """`color_jitter` on an RGB PIL image (the same draws), returning a PIL image."""
     import torchvision.transforms.functional as TF
     brightness, contrast, saturation, hue = strength
     order = rng.permutation(4)
     factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in (brightness, contrast, saturation)]
     factors.append(rng.uniform(-hue, hue))
     adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    image = Image.fromarray(np.ascontiguousarray(img))
     for i in order:
         if (i < 3 and strength[i] > 0) or (i == 3 and hue > 0):
             image = adjust[i](image, factors[i])
-    return np.asarray(image, dtype=np.uint8)
+    return image
 
 
 def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
@@ -319,8 +335,38 @@ def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequ
     return imutils.hwc_to_chw(images[0]), visible
 
 
+def augment_for_cam_uint8(img, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
+                          mask: Optional[np.ndarray] = None, jitter: Optional[Sequence[float]] = None) \
+        -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+    """`augment_for_cam` with the same draws, stopping before the normalisation, on an (H, W, 3) uint8 array
+    or an RGB PIL image (resize, flip, jitter and crop all in PIL, one array at the end): (crop (crop,
+    crop, 3) uint8 padded with 0, valid (4,) int64 (top, bottom, left, right) rectangle of image pixels in
+    it, visible share of the mask or None). `misc.device_input.expand_image` of the first two equals
+    `augment_for_cam`'s image bit for bit."""
+    from PIL import Image
+    image = img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
+    target_long = int(rng.integers(resize_long[0], resize_long[1] + 1))
+    width, height = image.size
+    scale = target_long / max(height, width)
+    size = (int(np.round(width * scale)), int(np.round(height * scale)))     # as imutils.pil_rescale
+    images = [image] if mask is None else [image, Image.fromarray(mask.astype(np.uint8))]
+    if size != (width, height):
+        images = [im.resize(size, resample=Image.BICUBIC if i == 0 else Image.NEAREST)
+                  for i, im in enumerate(images)]
+    if rng.random() > 0.5:                                                    # imutils.random_lr_flip
+        images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
+    if jitter is not None and any(jitter):
+        images[0] = color_jitter_image(images[0], rng, jitter)
+    resized_count = int(np.asarray(images[1]).sum()) if mask is not None else 0
+    box = imutils.random_crop_box(images[0].size[::-1], crop_size, rng)
+    crops = [np.array(imutils.pil_crop(im, box, crop_size)) for im in images]
+    visible = None if mask is None else float(crops[1].sum()) / max(resized_count, 1)
+    return crops[0], np.asarray(box[:4], dtype=np.int64), visible
+
+
 class ClassificationDataset(_EpochSeeded):
-    """CAM training images: {'name', 'img' (3, crop, crop), 'label' (20,)}."""
+    """CAM training images: {'name', 'img' (3, crop, crop), 'label' (20,)}; compact: 'img' (crop, crop, 3)
+    uint8 and 'img_valid' (4,)."""
 
     def __init__(self, ids: Sequence[str], root: Path, labels: dict[str, np.ndarray],
                  resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
@@ -335,11 +381,21 @@ class ClassificationDataset(_EpochSeeded):
     def load(self, index: int) -> np.ndarray:
         return imutils.read_rgb(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
 
+    def load_image(self, index: int):
+        """The image as an RGB PIL image (compact samples resize it in PIL)."""
+        return imutils.read_rgb_image(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
+
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
-        img, _ = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size, jitter=self.jitter)
-        return {'name': self.ids[index], 'img': torch.from_numpy(img),
-                'label': torch.from_numpy(self.labels[self.ids[index]])}
+        out = {'name': self.ids[index], 'label': torch.from_numpy(self.labels[self.ids[index]])}
+        if self.compact:
+            img, valid, _ = augment_for_cam_uint8(self.load_image(index), rng, self.resize_long, self.crop_size,
+                                                  jitter=self.jitter)
+            out.update(img=torch.from_numpy(img), img_valid=torch.from_numpy(valid))
+        else:
+            img, _ = augment_for_cam(self.load(index), rng, self.resize_long, self.crop_size, jitter=self.jitter)
+            out['img'] = torch.from_numpy(img)
+        return out
 
 
 class MultiScaleDataset(Dataset):
@@ -387,7 +443,9 @@ class TopLeftCropDataset(Dataset):
 class AffinityDataset(_EpochSeeded):
     """IRN training: image, IR label, and the pair labels of the x0.25 label map.
 
-    {'name', 'img' (3, crop, crop), 'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (P, sources)}
+    {'name', 'img' (3, crop, crop), 'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (P, sources)};
+    compact: {'name', 'img' (crop, crop, 3) uint8, 'img_valid' (4,), 'pair_label_map' (crop/4, crop/4)
+    uint8}, whose pair labels `self.pair_labels` gives on the device.
     """
 
     def __init__(self, ids: Sequence[str], root: Path, label_dir: Path, crop_size: int,
@@ -397,6 +455,7 @@ class AffinityDataset(_EpochSeeded):
         self.ids, self.root, self.label_dir = list(ids), Path(root), Path(label_dir)
         self.crop_size, self.rescale = crop_size, rescale
         self.extract_affinity_labels = GetAffinityLabelFromIndices(indices_from, indices_to)
+        self.pair_labels = PairLabels(indices_from, indices_to)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -404,6 +463,8 @@ class AffinityDataset(_EpochSeeded):
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         image_id = self.ids[index]
+        if self.compact:
+            return self._compact_sample(image_id, rng)
         img = imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg')
         label = imutils.read_label_png(self.label_dir / f'{image_id}.png')
         img, label = imutils.random_scale([img, label], self.rescale, (3, 0), rng)
@@ -414,3 +475,22 @@ class AffinityDataset(_EpochSeeded):
         bg_pos, fg_pos, neg = self.extract_affinity_labels(reduced)
         return {'name': image_id, 'img': torch.from_numpy(imutils.hwc_to_chw(img)),
                 'aff_bg_pos_label': bg_pos, 'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
+
+    def _compact_sample(self, image_id: str, rng: np.random.Generator) -> dict:
+        """The old path's draws (scale, flip, crop box) with the image kept in PIL until its uint8 crop."""
+        from PIL import Image
+        image = imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg')
+        label = Image.fromarray(imutils.read_label_png(self.label_dir / f'{image_id}.png'))
+        scale = self.rescale[0] + rng.random() * (self.rescale[1] - self.rescale[0])      # imutils.random_scale
+        resized = []
+        for im, resample in ((image, Image.BICUBIC), (label, Image.NEAREST)):           # as imutils.pil_rescale
+            size = (int(np.round(im.size[0] * scale)), int(np.round(im.size[1] * scale)))
+            resized.append(im if size == im.size else im.resize(size, resample=resample))
+        if rng.random() > 0.5:                                                          # imutils.random_lr_flip
+            resized = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in resized]
+        image, label = resized
+        box = imutils.random_crop_box(image.size[::-1], self.crop_size, rng)
+        img = np.array(imutils.pil_crop(image, box, self.crop_size))
+        label = imutils.apply_crop(np.asarray(label), box, self.crop_size, 255)
+        return {'name': image_id, 'img': torch.from_numpy(img), 'img_valid': torch.tensor(box[:4]),
+                'pair_label_map': torch.from_numpy(np.array(imutils.pil_rescale(label, 0.25, 0)))}
