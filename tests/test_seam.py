@@ -350,7 +350,7 @@ def test_seam_runs_through_run_sample(synthetic_voc, tmp_path) -> None:
     assert (work / 'weights' / 'cam.pt').is_file() and (work / 'weights' / 'aff.pt').is_file()
     records = sorted(p.stem for p in (work / 'fingerprints').glob('*.json'))
     assert records == sorted(['train_cam', 'make_cam', 'eval_cam', 'make_relation_labels', 'train_relation',
-                              'make_sem_seg', 'eval_sem_seg'])
+                              'make_sem_seg', 'eval_sem_seg', 'train_seg', 'make_seg', 'eval_seg'])
     config = json.loads((work / 'config.json').read_text())
     assert config['cam_network'] == 'net.resnet38_seam' and config['method'] == 'seam'
     for name in ('eval_cam', 'eval_sem_seg'):
