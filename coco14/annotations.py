@@ -78,3 +78,27 @@ def class_mask(coco, image_id: int, mapping: dict[int, int]) -> np.ndarray:
             continue
         mask[coco.annToMask(ann) == 1] = mapping[int(ann['category_id'])]
     return mask
+
+
+def ann_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 0/1 mask of one annotation's segmentation (polygons, uncompressed or compressed RLE):
+    pycocotools' `COCO.annToMask` without the COCO index, for worker processes that get one image's
+    annotations (the same pycocotools.mask calls, so the same pixels)."""
+    from pycocotools import mask as mask_util
+    if isinstance(segmentation, list):                      # polygons: one RLE per part, merged
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation['counts'], list):          # uncompressed RLE
+        rle = mask_util.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_util.decode(rle)
+
+
+def class_mask_of(annotations: Iterable[dict], height: int, width: int, mapping: dict[int, int]) -> np.ndarray:
+    """`class_mask` from one image's annotation dicts (in file order) and its size."""
+    mask = np.zeros((height, width), np.uint8)
+    for ann in annotations:
+        if ann.get('iscrowd', 0):
+            continue
+        mask[ann_to_mask(ann['segmentation'], height, width) == 1] = mapping[int(ann['category_id'])]
+    return mask
