@@ -6,6 +6,7 @@
                                          names without extension, COCO_train2014_000000000009)
         SegmentationClass/<id>.png       class masks 0..80 through pycocotools (coco14.annotations' convention:
                                          non-crowd instances in file order, crowd as background), palette PNGs
+        SegmentationObject/<id>.png      instance maps for eval_ins_seg: k-th non-crowd instance k, crowd 255
         ImageSets/Segmentation/{train,val}.txt   the images with at least one annotation (82,081 / 40,137)
         classes.json                     the 80 names in class-index order and their COCO category ids
         scenes.json, usual_scenes.json   copied from a synthetic source (the context figures)
@@ -97,6 +98,8 @@ def mask_worker(job) -> None:
     """Worker: (annotations of one image in file order, height, width, {category id: index}, output PNG,
     palette) -> the class-mask PNG."""
     anns, height, width, mapping, out_path, palette = job
+    imutils.save_label_png(out_path.parent.parent / 'SegmentationObject' / out_path.name,
+                           coco_ann.instance_mask_of(anns, height, width), palette)
     imutils.save_label_png(out_path, coco_ann.class_mask_of(anns, height, width, mapping), palette)
 
 
