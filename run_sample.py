@@ -3,6 +3,7 @@
     python run_sample.py                          # demo: synthetic VOC-format data, baseline + CDA, CPU
     python run_sample.py --voc12_root VOC2012     # the paper's baseline on PASCAL VOC 2012
     python run_sample.py --voc12_root VOC2012 --cda
+    python run_sample.py --dataset coco14 --coco_root COCO2014 --cda   # MS COCO 2014 (docs/coco.md)
     torchrun --nproc_per_node 4 run_sample.py --voc12_root VOC2012 --cda
 """
 from __future__ import annotations
@@ -58,8 +59,11 @@ def step_config(cfg: Config, step: str) -> tuple[Optional[str], Config]:
 
 def prepare_dataset(cfg: Config) -> None:
     from misc import torchutils
+    from step import common
     from voc12 import dataloader
-    if cfg.voc12_root is None:
+    if cfg.dataset == 'coco14':
+        prepare_coco(cfg)
+    elif cfg.voc12_root is None:
         if torchutils.is_main_process():
             from voc12.synthetic import generate
             logger.info('no --voc12_root: using a synthetic VOC-format dataset (%d train, %d val, %d context-shift, '
@@ -71,11 +75,31 @@ def prepare_dataset(cfg: Config) -> None:
         torchutils.barrier()
     dataloader.check_voc_root(cfg.dataset_root)
     ids: set[str] = set()
-    for spec, default in ((cfg.train_list, 'train_aug'), (cfg.val_list, 'val'), (cfg.infer_list, 'train'),
-                          (cfg.chainer_eval_set, 'train')):
-        ids.update(dataloader.resolve_list(spec, default, cfg.dataset_root, cfg.sbd_root))
+    for ids_of in (common.train_ids, common.val_ids, common.infer_ids, common.eval_ids):
+        ids.update(ids_of(cfg))
     ids.update(dataloader.shift_ids(cfg.dataset_root))
     dataloader.check_images(cfg.dataset_root, sorted(ids))
+
+
+def prepare_coco(cfg: Config) -> None:
+    """--dataset coco14: the synthetic COCO folder where no --coco_root is given, then the VOC-layout view
+    of the COCO folder (coco14.dataset) under the work dir, made by the main process."""
+    from misc import torchutils
+    from coco14 import dataset as coco_dataset
+    if torchutils.is_main_process():
+        if cfg.coco_root is None:
+            from coco14.synthetic import generate
+            logger.info('no --coco_root: using a synthetic COCO-format dataset (%d train, %d val, %d px, context '
+                        'bias %.2f) in %s', cfg.synthetic_n_train, cfg.synthetic_n_val, cfg.synthetic_size,
+                        cfg.context_bias, cfg.coco_source)
+            generate(cfg.coco_source, n_train=cfg.synthetic_n_train, n_val=cfg.synthetic_n_val,
+                     size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed)
+        else:
+            coco_dataset.check_coco_root(cfg.coco_root)
+        from step.common import run_in_workers
+        coco_dataset.prepare(cfg.coco_source, cfg.dataset_root, cfg.work_dir / 'cache',
+                             lambda worker, jobs, desc: run_in_workers(worker, jobs, cfg.num_workers, desc))
+    torchutils.barrier()
 
 
 def check_work_dir(work_dir: Path) -> None:

@@ -78,3 +78,47 @@ def class_mask(coco, image_id: int, mapping: dict[int, int]) -> np.ndarray:
             continue
         mask[coco.annToMask(ann) == 1] = mapping[int(ann['category_id'])]
     return mask
+
+
+def ann_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 0/1 mask of one annotation's segmentation (polygons, uncompressed or compressed RLE):
+    pycocotools' `COCO.annToMask` without the COCO index, for worker processes that get one image's
+    annotations (the same pycocotools.mask calls, so the same pixels)."""
+    from pycocotools import mask as mask_util
+    if isinstance(segmentation, list):                      # polygons: one RLE per part, merged
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation['counts'], list):          # uncompressed RLE
+        rle = mask_util.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_util.decode(rle)
+
+
+def instance_mask_of(annotations: Iterable[dict], height: int, width: int, void: int = 255) -> np.ndarray:
+    """(H, W) uint8 instance map of one image for the instance metric, VOC's SegmentationObject layout:
+    the k-th non-crowd annotation (in file order, later over earlier, as `class_mask`) is k, crowd regions
+    are `void` (COCO's own evaluation ignores them too; they are background in the class mask), 0 elsewhere."""
+    mask = np.zeros((height, width), np.uint8)
+    crowd = np.zeros((height, width), bool)
+    k = 0
+    for ann in annotations:
+        pixels = ann_to_mask(ann['segmentation'], height, width) == 1
+        if ann.get('iscrowd', 0):
+            crowd |= pixels
+            continue
+        k += 1
+        if k >= void:
+            break                                   # past 254 instances (none in COCO 2014, at most 93)
+        mask[pixels] = k
+    mask[crowd & (mask == 0)] = void
+    return mask
+
+
+def class_mask_of(annotations: Iterable[dict], height: int, width: int, mapping: dict[int, int]) -> np.ndarray:
+    """`class_mask` from one image's annotation dicts (in file order) and its size."""
+    mask = np.zeros((height, width), np.uint8)
+    for ann in annotations:
+        if ann.get('iscrowd', 0):
+            continue
+        mask[ann_to_mask(ann['segmentation'], height, width) == 1] = mapping[int(ann['category_id'])]
+    return mask

@@ -58,7 +58,9 @@ def positive_float(value: str) -> float:
 class Config:
     # ---- where things are
     work_dir: Path = Path('work_dir')
+    dataset: str = 'voc12'                     # voc12 | coco14: the dataset description every step reads
     voc12_root: Optional[Path] = None          # None: generate the synthetic dataset under work_dir
+    coco_root: Optional[Path] = None           # --dataset coco14: train2014/, val2014/, annotations/; None: synthetic
     sbd_root: Optional[Path] = None
     train_list: Optional[str] = None           # a list file, or a split name; None: train_aug
     val_list: Optional[str] = None             # None: Segmentation val
@@ -162,7 +164,7 @@ class Config:
     seg_checkpoint_every: int = 1000           # iterations between train_seg checkpoints (--resume)
     seg_crf: bool = True                       # make_seg also writes the dense-CRF predictions (eval_seg scores both)
     seg_test_list: Optional[str] = None        # a list (e.g. test) predicted into the evaluation server's layout
-    # ---- synthetic dataset (used when voc12_root is None)
+    # ---- synthetic dataset (used when voc12_root, or coco_root with --dataset coco14, is None)
     synthetic_n_train: int = 400
     synthetic_n_val: int = 100
     synthetic_n_shift: int = 0                 # context-shift split: every object outside its usual scene
@@ -203,8 +205,22 @@ class Config:
 
     @property
     def dataset_root(self) -> Path:
-        """The VOC devkit folder to read: the given one, or the synthetic one under work_dir."""
+        """The VOC-layout folder the steps read (JPEGImages, SegmentationClass, ImageSets): on VOC the
+        given devkit or the synthetic one under work_dir; on COCO the view that coco14.dataset makes of
+        `coco_source` under work_dir (links to the images, class-mask PNGs, the lists)."""
+        if self.dataset == 'coco14':
+            return self.work_dir / 'coco14'
         return self.voc12_root if self.voc12_root is not None else self.work_dir / 'synthetic_voc'
+
+    @property
+    def coco_source(self) -> Path:
+        """The COCO 2014 folder read (train2014/, val2014/, annotations/): --coco_root or the synthetic one."""
+        return self.coco_root if self.coco_root is not None else self.work_dir / 'synthetic_coco'
+
+    @property
+    def real_data(self) -> bool:
+        """A dataset root was given (else the synthetic stand-in of the dataset is generated)."""
+        return (self.coco_root if self.dataset == 'coco14' else self.voc12_root) is not None
 
     def to_json(self) -> str:
         def encode(value: Any) -> Any:
@@ -237,6 +253,21 @@ PROFILES: dict[str, dict[str, Any]] = {
         irn_num_epoches=1, num_workers=0,
         cam_eval_thres=0.5, conf_fg_thres=0.6, conf_bg_thres=0.3, sem_seg_bg_thres=0.5, ins_seg_coco=True,
     ),
+}
+
+
+# Per-dataset settings over the method's, for each profile (COCO's: docs/coco.md gives each one's source).
+# IRNet on COCO (ReCAM's run_sample_coco.py, the IRNet-family COCO script): CAM 5 epochs, batch 16, lr 0.1,
+# crop 512, eval threshold 0.15; IR labels 0.30 / 0.05; IRN 3 epochs, batch 32, crop 512; beta 10, 2^8
+# steps, walk background 0.25: the VOC paper values, so 'paper' changes nothing for --dataset coco14.
+DATASET_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    'voc12': {},
+    'coco14': {
+        'paper': {},
+        # 80 classes need more images than VOC's 20 for a from-scratch classifier to localise any
+        'demo': dict(synthetic_n_train=480, synthetic_n_val=120, synthetic_n_shift=0),
+        'smoke': dict(synthetic_n_train=24, synthetic_n_val=8, synthetic_n_shift=0),
+    },
 }
 
 
@@ -277,11 +308,12 @@ class Catalog:
         return self.pass_steps + self.cda_steps + self.bound_steps
 
 
-def profile_values(method: MethodSpec, profile: str) -> dict[str, Any]:
-    """The defaults of a (method, profile) pair, before explicit flags."""
-    own = method.profiles
-    return {**own.get('paper', {}), **PROFILES[profile], **SEG_PROFILES.get(profile, {}),
-            **own.get(profile, {})}
+def profile_values(method: MethodSpec, profile: str, dataset: str = 'voc12') -> dict[str, Any]:
+    """The defaults of a (method, profile, dataset), before explicit flags."""
+    own, data = method.profiles, DATASET_PROFILES[dataset]
+    return {**own.get('paper', {}), **data.get('paper', {}), **PROFILES[profile], **SEG_PROFILES.get(profile, {}),
+            **own.get(profile, {}),
+            **(data.get(profile, {}) if profile != 'paper' else {})}
 
 
 class _BoolFlag(argparse.Action):
@@ -318,6 +350,11 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
         p.add_argument(*names, help=help_text, **kw)
 
     g = p.add_argument_group('dataset')
+    g.add_argument('--dataset', choices=tuple(DATASET_PROFILES), help='voc12 (PASCAL VOC 2012, default) or coco14 '
+                   '(MS COCO 2014, 80 classes; docs/coco.md): sets the class count of every step')
+    g.add_argument('--coco_root', '--coco-root', '--mscoco_root', dest='coco_root', type=Path,
+                   help='--dataset coco14: the folder holding train2014/, val2014/ and annotations/instances_'
+                   '{train,val}2014.json; omitted: a synthetic COCO-format dataset is generated under the work dir')
     g.add_argument('--voc12_root', '--voc12-root', type=Path, help='VOC2012 devkit folder (holds JPEGImages); '
                    'omitted: a synthetic VOC-format dataset is generated under the work dir')
     g.add_argument('--sbd_root', '--sbd-root', type=Path, help='SBD folder with train.txt/val.txt, for train_aug')
@@ -484,10 +521,12 @@ def parse_config(argv: Optional[Sequence[str]], catalog: Catalog) -> Config:
     the registry's); raise SystemExit (argparse) with one line for bad values."""
     parser = build_parser(catalog)
     explicit = vars(parser.parse_args(argv))
-    default_profile = 'paper' if explicit.get('voc12_root') is not None else 'demo'
+    dataset = explicit.get('dataset', 'voc12')
+    root_flag = 'coco_root' if dataset == 'coco14' else 'voc12_root'
+    default_profile = 'paper' if explicit.get(root_flag) is not None else 'demo'
     profile = explicit.get('profile', default_profile)
     method = explicit.get('method', 'irn')
-    values: dict[str, Any] = profile_values(catalog.methods[method], profile)
+    values: dict[str, Any] = profile_values(catalog.methods[method], profile, dataset)
     values['profile'] = profile
 
     switches = {k[:-len('_pass')]: v for k, v in explicit.items() if k.endswith('_pass')}
@@ -552,9 +591,15 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f'--{flag} {path}: no such file')
     if any(not 0 <= v for v in cfg.cam_color_jitter) or cfg.cam_color_jitter[3] > 0.5:
         problems.append(f'--cam_color_jitter {cfg.cam_color_jitter}: strengths must be >= 0 and the hue at most 0.5')
-    if cfg.cda_paste_context != 'any' and cfg.voc12_root is not None \
+    if cfg.cda_paste_context != 'any' and cfg.real_data and cfg.dataset == 'voc12' \
             and not (cfg.voc12_root / 'scenes.json').is_file():
         problems.append('--cda_paste_context needs the synthetic dataset (its scenes.json); use any on real data')
+    if cfg.cda_paste_context != 'any' and cfg.dataset == 'coco14' and cfg.real_data:
+        problems.append('--cda_paste_context needs the synthetic dataset (its scenes.json); use any on real data')
+    if cfg.dataset == 'coco14' and cfg.voc12_root is not None:
+        problems.append('--voc12_root is for --dataset voc12; give the COCO folder as --coco_root')
+    if cfg.dataset == 'voc12' and cfg.coco_root is not None:
+        problems.append('--coco_root needs --dataset coco14')
     if cfg.device == 'cuda':
         import torch
         if not torch.cuda.is_available():
@@ -592,7 +637,7 @@ def from_dict(values: dict[str, Any]) -> Config:
         default = getattr(Config(), key)
         if isinstance(value, list):
             value = tuple(value)
-        elif isinstance(default, Path) or key in ('voc12_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
+        elif isinstance(default, Path) or key in ('voc12_root', 'coco_root', 'sbd_root', 'cda_bank_source', 'cam_weights',
                                                   'relation_weights', 'seg_weights'):
             value = Path(value) if value is not None else None
         out[key] = value

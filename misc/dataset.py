@@ -19,6 +19,12 @@ class DatasetInfo:
     class_names: tuple[str, ...]               # foreground categories; class index c is label c + 1
     palette: Optional[tuple[int, ...]] = None  # flat [r, g, b, ...] of the label PNGs (None: grayscale)
     ignore: int = 255
+    category_ids: Optional[tuple[int, ...]] = None   # the dataset's own id of each class (COCO's 1..90 with
+                                                     # gaps) for the COCO export; None: class index + 1
+
+    def category_id(self, class_index: int) -> int:
+        """The export's category id of class index 0..num_classes-1."""
+        return self.category_ids[class_index] if self.category_ids is not None else class_index + 1
 
     @property
     def num_classes(self) -> int:

@@ -74,7 +74,7 @@ class PairLabels:
 
     src (S,) and dst (P, S) flat indices into an (h, w) map; a call on maps (N, h, w) uint8 returns
     (bg_pos, fg_pos, neg), each (N, P, S) float32: same label and background, same foreground label,
-    different labels; pairs touching a label >= 21 (255, ignore) are in none.
+    different labels; pairs touching a label >= `num_labels` (255, ignore; 21 on VOC, 81 on COCO) are in none.
 
     The pairs of `misc.indexing.PathIndex` and `pair_indices` are windows: the sources a rectangle of the
     map, each destination row the same rectangle shifted by one offset. On the CPU such pairs are read as P
@@ -83,17 +83,18 @@ class PairLabels:
     once per device). The structure is checked once per map size.
     """
 
-    def __init__(self, src: np.ndarray, dst: np.ndarray):
+    def __init__(self, src: np.ndarray, dst: np.ndarray, num_labels: int = 21):
+        self.num_labels = num_labels
         self.src = torch.as_tensor(np.asarray(src), dtype=torch.int64).reshape(-1)
         self.dst = torch.as_tensor(np.asarray(dst), dtype=torch.int64).reshape(-1, self.src.numel())
         self._on: dict = {}
         self._windows: dict = {}
 
     def __getstate__(self) -> dict:           # workers get the CPU indices only
-        return {'src': self.src, 'dst': self.dst}
+        return {'src': self.src, 'dst': self.dst, 'num_labels': self.num_labels}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state['src'], state['dst'])
+        self.__init__(state['src'], state['dst'], state.get('num_labels', 21))
 
     def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on:
@@ -122,18 +123,18 @@ class PairLabels:
             label_to = flat.index_select(1, dst).view(n, *self.dst.shape)
         if maps.device.type == 'cpu':       # numpy's elementwise logic and bool->float32 are 2-5x torch's here
             return tuple(torch.from_numpy(x.astype(np.float32))
-                         for x in _pair_logic(label_from.numpy(), label_to.numpy()))
-        return tuple(x.to(torch.float32) for x in _pair_logic(label_from, label_to))
+                         for x in _pair_logic(label_from.numpy(), label_to.numpy(), self.num_labels))
+        return tuple(x.to(torch.float32) for x in _pair_logic(label_from, label_to, self.num_labels))
 
 
-def _pair_logic(label_from, label_to):
+def _pair_logic(label_from, label_to, num_labels: int = 21):
     """(bg_pos, fg_pos, neg) bool masks of source labels (N, 1, S) against partner labels (N, P, S), numpy
-    arrays or torch tensors (the same operators)."""
-    from_valid = label_from < 21
+    arrays or torch tensors (the same operators); labels from `num_labels` on are void."""
+    from_valid = label_from < num_labels
     equal = label_from == label_to
     bg_pos = equal & (label_from == 0)                 # equal to a background source: both valid
     fg_pos = equal & (label_from > 0) & from_valid
-    neg = ~equal & (label_to < 21) & from_valid
+    neg = ~equal & (label_to < num_labels) & from_valid
     return bg_pos, fg_pos, neg
 
 

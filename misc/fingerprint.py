@@ -73,8 +73,14 @@ def weights_inputs(cfg: Config, names) -> dict:
     return found
 
 
+# Added for another dataset than VOC only, so that the digests of VOC work dirs made before --dataset
+# existed stay what they were (tests/test_coco_dataset.py checks them).
+DATASET_SETTINGS = ('dataset', 'coco_root')
+
+
 def settings_of(module, cfg: Config) -> tuple[str, ...]:
-    return COMMON_SETTINGS + tuple(module.settings(cfg))
+    dataset = DATASET_SETTINGS if cfg.dataset != 'voc12' else ()
+    return COMMON_SETTINGS + dataset + tuple(module.settings(cfg))
 
 
 def compute(cfg: Config, step: str, module, upstream_steps: Sequence[tuple[str, str]]) -> dict:

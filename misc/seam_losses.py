@@ -2,7 +2,8 @@
 
 One step sees the network outputs of two branches: the crop at full size (`cam1`, `cam_rv1`, both
 (N, 21, H, W)) and the crop downscaled by `scale` (0.3), run through the network again (`cam2`, `cam_rv2`,
-(N, 21, h, w) with h = floor(H * scale)). Channel 0 is the background; `labels` (N, 20) are multi-hot.
+(N, 21, h, w) with h = floor(H * scale)). Channel 0 is the background; `labels` (N, 20) are multi-hot. The shapes are VOC's; every function reads the
+class count from its inputs (81 channels and (N, 80) labels on COCO).
 
   cls  = (MLSM(GAP(cam1)) + MLSM(GAP(cam2))) / 2 + (AMP(rv1) + AMP(rv2)) / 2
   er   = mean |A(max_norm(cam1)) - max_norm(cam2)|                   (foreground channels, absent ones 0)
@@ -59,8 +60,8 @@ def with_background(cam: torch.Tensor) -> torch.Tensor:
 
 def ecr_loss(target: torch.Tensor, cam_rv: torch.Tensor, ratio: float = 0.2) -> torch.Tensor:
     """Equivariant cross regularisation with hard-example mining: |max_onehot(target) - cam_rv| (target
-    detached), mean of each sample's int(C * h * w * ratio) largest entries (C = 21, as the reference's
-    constant), then mean over the batch."""
+    detached), mean of each sample's int(C * h * w * ratio) largest entries (C = the channels: 21 on VOC, the
+    reference's constant; 81 on COCO), then mean over the batch."""
     n, c, h, w = cam_rv.shape
     error = (max_onehot(target.detach()) - cam_rv).abs().reshape(n, -1)
     return torch.topk(error, k=int(c * h * w * ratio), dim=-1)[0].mean()

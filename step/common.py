@@ -25,26 +25,40 @@ logger = logging.getLogger(__name__)
 
 
 def dataset(cfg: Config) -> DatasetInfo:
-    """The description of cfg's dataset (class names, palette, ignore value) that steps pass to misc/ and
-    the networks. VOC 2012 (or its synthetic stand-in) is the only one so far; a second dataset is chosen
-    here."""
+    """The description of cfg's dataset (class names and count, palette, ignore value) that steps pass to
+    misc/ and the networks: the one place a step gets its class count. VOC 2012 (or its synthetic
+    stand-in) for --dataset voc12; for coco14 the 80 classes of the prepared view's annotation files."""
+    if cfg.dataset == 'coco14':
+        from coco14.dataset import dataset_info
+        return dataset_info(cfg.dataset_root)
     return VOC12
 
 
+# The default list of each use, per dataset: VOC trains on train_aug (10,582 with SBD) and evaluates the
+# pseudo masks on Segmentation train; COCO trains on train2014's 82,081 annotated images, validates the CAM
+# network on val2014's 40,137 (as ReCAM's step_coco/train_cam.py does) and evaluates on train.
+DEFAULT_LISTS = {'voc12': {'train': 'train_aug', 'val': 'val', 'infer': 'train', 'eval': 'train'},
+                 'coco14': {'train': 'train', 'val': 'val', 'infer': 'train', 'eval': 'train'}}
+
+
+def default_list(cfg: Config, use: str) -> str:
+    return DEFAULT_LISTS[cfg.dataset][use]
+
+
 def train_ids(cfg: Config) -> list[str]:
-    return dataloader.resolve_list(cfg.train_list, 'train_aug', cfg.dataset_root, cfg.sbd_root)
+    return dataloader.resolve_list(cfg.train_list, default_list(cfg, 'train'), cfg.dataset_root, cfg.sbd_root)
 
 
 def val_ids(cfg: Config) -> list[str]:
-    return dataloader.resolve_list(cfg.val_list, 'val', cfg.dataset_root, cfg.sbd_root)
+    return dataloader.resolve_list(cfg.val_list, default_list(cfg, 'val'), cfg.dataset_root, cfg.sbd_root)
 
 
 def infer_ids(cfg: Config) -> list[str]:
-    return dataloader.resolve_list(cfg.infer_list, 'train', cfg.dataset_root, cfg.sbd_root)
+    return dataloader.resolve_list(cfg.infer_list, default_list(cfg, 'infer'), cfg.dataset_root, cfg.sbd_root)
 
 
 def eval_ids(cfg: Config) -> list[str]:
-    return dataloader.resolve_list(cfg.chainer_eval_set, 'train', cfg.dataset_root, cfg.sbd_root)
+    return dataloader.resolve_list(cfg.chainer_eval_set, default_list(cfg, 'eval'), cfg.dataset_root, cfg.sbd_root)
 
 
 def cam_ids(cfg: Config) -> list[str]:
@@ -56,7 +70,7 @@ def cam_ids(cfg: Config) -> list[str]:
 
 
 def image_labels(cfg: Config, ids: Sequence[str], list_name: str) -> dict[str, np.ndarray]:
-    labels = dataloader.load_image_labels(cfg.dataset_root, ids, cfg.work_dir / 'cache')
+    labels = dataloader.load_image_labels(cfg.dataset_root, ids, cfg.work_dir / 'cache', dataset(cfg).num_classes)
     dataloader.require_labelled(ids, labels, list_name)
     return labels
 

@@ -82,7 +82,7 @@ def _pct(value: Optional[float]) -> str:
 def run(cfg: Config) -> dict:
     ids = common.eval_ids(cfg)
     shift = dataloader.shift_ids(cfg.dataset_root)
-    scene_labels = dataloader.load_scenes(cfg.dataset_root)
+    scene_labels = dataloader.load_scenes(cfg.dataset_root, common.dataset(cfg).class_names)
     output_of = lambda i: cfg.cam_dir / f'{i}.npz'   # noqa: E731
     common.require_outputs(ids, output_of, 'CAMs of the eval set', 'make_cam')
 

@@ -60,9 +60,9 @@ def load_gt_instances(root: Path, image_id: str) -> tuple[np.ndarray, np.ndarray
     return masks_arr, np.asarray(labels, np.int64), objects == IGNORE
 
 
-def format_table(result: dict) -> str:
+def format_table(result: dict, class_names: Sequence[str] = CAT_LIST) -> str:
     rows = [f'{"class":>12s} ' + ' '.join(f'{"AP@" + format(t, "g"):>7s}' for t in IOU_THRESHOLDS)]
-    for c, name in enumerate(CAT_LIST):
+    for c, name in enumerate(class_names):
         values = [result['by_iou'][str(t)]['ap'][c] for t in IOU_THRESHOLDS]
         rows.append(f'{name:>12s} ' + ' '.join('      -' if not np.isfinite(v) else f'{100 * v:7.2f}' for v in values))
     rows.append(f'{"mAP":>12s} ' + ' '.join(f'{100 * result["by_iou"][str(t)]["map"]:7.2f}' for t in IOU_THRESHOLDS))
@@ -101,7 +101,7 @@ def run(cfg: Config) -> dict:
               'map75': by_iou['0.75']['map'], 'map50_void_ignored': void_ignored.compute()[0.5]['map'],
               'by_iou': by_iou, 'images': len(with_gt), 'gt_instances': n_gt, 'pred_instances': n_pred}
     logger.info('eval_ins_seg (%d images, %d ground-truth and %d predicted instances):\n%s', len(with_gt), n_gt,
-                n_pred, format_table(result))
+                n_pred, format_table(result, common.dataset(cfg).class_names))
     metrics.write_json(cfg.metrics_dir / 'eval_ins_seg.json', result)
     torchutils.barrier()
     return result

@@ -60,7 +60,7 @@ def fuse_scales(outputs: Sequence[torch.Tensor], size: Sequence[int]) -> tuple[t
 def flip_summed_cams(model, classifier: torch.Tensor, pyramid: Sequence[torch.Tensor], keys: np.ndarray,
                      device: torch.device, amp: bool = False) -> list[torch.Tensor]:
     """Pyramid of (2, 3, h_s, w_s) image+flip pairs -> per scale (K, h, w) ReLU'd CAMs of `keys`, the flip's
-    map flipped back and added. `classifier` is the (20, C, 1, 1) weight applied to `model.features`."""
+    map flipped back and added. `classifier` is the (num_classes, C, 1, 1) weight applied to `model.features`."""
     keys_t = torch.as_tensor(keys, dtype=torch.long, device=device)
     outputs = []
     for pair in pyramid:

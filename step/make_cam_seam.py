@@ -56,10 +56,10 @@ def seam_normalize(sum_cam: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def compute_seam_cams(model, pyramid: Sequence[torch.Tensor], label: np.ndarray, size: Sequence[int],
                       device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs, label (20,) -> (keys (K,), strided
+    """Per-image core: pyramid of (2, 3, h_s, w_s) image+flip pairs, label (num_classes,) -> (keys (K,), strided
     (K, ceil(H/8), ceil(W/8)), high_res (K, H, W)) normalised CAMs of the image's classes."""
     size = tuple(int(s) for s in size)
-    fused = torch.zeros((20,) + size, device=device)
+    fused = torch.zeros((len(label),) + size, device=device)                # (num_classes, H, W)
     for pair in pyramid:
         with torchutils.autocast(device, amp):
             _, cam_rv = model(pair.to(device, non_blocking=True))      # (2, 21, h_s, w_s)

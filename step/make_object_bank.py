@@ -26,18 +26,18 @@ from misc.config import Config
 from misc.imutils import BadInputError, atomic_path, read_label_png, read_rgb, save_label_png, save_rgb
 from misc.progress import progress
 from step import common, pipeline
-from voc12.classes import N_CAT
 
 logger = logging.getLogger(__name__)
 
 
-def single_class(mask: np.ndarray, min_fg_ratio: float = 0.1, max_fg_ratio: float = 0.7) -> Optional[int]:
-    """The label (1..20) of an (H, W) label map that passes the bank's filter, else None.
+def single_class(mask: np.ndarray, min_fg_ratio: float = 0.1, max_fg_ratio: float = 0.7,
+                 num_classes: int = 20) -> Optional[int]:
+    """The label (1..num_classes, 20 on VOC) of an (H, W) label map that passes the bank's filter, else None.
 
-    Foreground is labels 1..20; 0 (background) and 255 (ignore) are neither counted as a class nor as
-    foreground area.
+    Foreground is labels 1..num_classes; 0 (background) and 255 (ignore) are neither counted as a class
+    nor as foreground area.
     """
-    foreground = (mask >= 1) & (mask <= N_CAT)
+    foreground = (mask >= 1) & (mask <= num_classes)
     n_foreground = int(np.count_nonzero(foreground))
     if n_foreground == 0:
         return None
@@ -52,12 +52,12 @@ def single_class(mask: np.ndarray, min_fg_ratio: float = 0.1, max_fg_ratio: floa
 
 
 def extract_object(image: np.ndarray, mask: np.ndarray, min_fg_ratio: float = 0.1,
-                   max_fg_ratio: float = 0.7) -> Optional[tuple[int, np.ndarray, np.ndarray]]:
-    """image (H, W, 3) uint8, mask (H, W) uint8 VOC label map -> (class 0..19, image crop (h, w, 3) uint8,
+                   max_fg_ratio: float = 0.7, num_classes: int = 20) -> Optional[tuple[int, np.ndarray, np.ndarray]]:
+    """image (H, W, 3) uint8, mask (H, W) uint8 label map -> (class 0..num_classes-1, image crop (h, w, 3) uint8,
     bool mask crop (h, w)) over the foreground's bounding box, or None if the mask is filtered out."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f'image {image.shape[:2]} and mask {mask.shape} differ in size')
-    label = single_class(mask, min_fg_ratio, max_fg_ratio)
+    label = single_class(mask, min_fg_ratio, max_fg_ratio, num_classes)
     if label is None:
         return None
     foreground = mask == label
@@ -176,17 +176,18 @@ def _build(cfg: Config, label_paths: Sequence[Path], bank_dir: Path) -> None:
         image_id = label_path.stem
         image_path = image_dir / f'{image_id}.jpg'
         if not image_path.is_file():
-            raise BadInputError(f'{image_path}: image for {label_path} not found; check --voc12_root and '
+            raise BadInputError(f'{image_path}: image for {label_path} not found; check the dataset root and '
                                 '--cda_bank_source')
         mask = read_label_png(label_path)
         with Image.open(image_path) as header:      # size from the header: no decode for rejected masks
             image_size = (header.height, header.width)
         if image_size != mask.shape:
             raise BadInputError(f'{label_path}: mask size {mask.shape} differs from image {image_path} size '
-                                f'{image_size}; the bank source must hold masks of the VOC images')
-        if single_class(mask, cfg.cda_min_fg_ratio, cfg.cda_max_fg_ratio) is None:
+                                f'{image_size}; the bank source must hold masks of the dataset\'s images')
+        if single_class(mask, cfg.cda_min_fg_ratio, cfg.cda_max_fg_ratio, len(class_names)) is None:
             continue
-        found = extract_object(read_rgb(image_path), mask, cfg.cda_min_fg_ratio, cfg.cda_max_fg_ratio)
+        found = extract_object(read_rgb(image_path), mask, cfg.cda_min_fg_ratio, cfg.cda_max_fg_ratio,
+                               len(class_names))
         if found is None:
             continue
         cls, crop, crop_mask = found

@@ -88,7 +88,7 @@ def random_walk_scores(cams, edge, beta: float = 10, exp_times: int = 8) -> torc
 def sem_seg_from_edge(cams, edge, keys, size: Sequence[int], beta: float = 10, exp_times: int = 8,
                       bg_thres: float = 0.25) -> np.ndarray:
     """Per-image core: strided CAMs (K, h, w), boundary map (h, w), class indices (K,), image size
-    (H, W) -> (H, W) uint8 class map (0 background, 1..20)."""
+    (H, W) -> (H, W) uint8 class map (0 background, 1..num_classes: keys + 1)."""
     keys = np.asarray(keys.cpu() if isinstance(keys, torch.Tensor) else keys).astype(np.int64)
     scores = upsample_scores(random_walk_scores(cams, edge, beta, exp_times), size)
     return label_from_scores(scores.cpu().numpy(), keys, bg_thres)

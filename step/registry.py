@@ -115,5 +115,5 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> config.Config:
     return config.parse_config(argv, catalog())
 
 
-def profile_values(method_name: str, profile: str) -> dict:
-    return config.profile_values(catalog().methods[method_name], profile)
+def profile_values(method_name: str, profile: str, dataset: str = 'voc12') -> dict:
+    return config.profile_values(catalog().methods[method_name], profile, dataset)

@@ -180,7 +180,7 @@ def leakiest_shift_ids(cfg: Config, count: int = SHEET_SHIFT_IMAGES) -> list[tup
     """(id, baseline leakage) of the context-shift images where the baseline CAM puts the largest share of
     its mass on background, most first; [] without a shift split or scene labels (VOC)."""
     shift = dataloader.shift_ids(cfg.dataset_root)
-    if not shift or dataloader.load_scenes(cfg.dataset_root) is None:
+    if not shift or dataloader.load_scenes(cfg.dataset_root, common.dataset(cfg).class_names) is None:
         return []
     found = []
     for image_id in shift:

@@ -94,7 +94,8 @@ def run(cfg: Config) -> dict:
     ids = common.train_ids(cfg)
     common.require_outputs(ids, lambda i: crf_dir(cfg) / f'{i}.npz', 'la/ha CRF maps of the train list',
                            'make_relation_labels (make_crf_labels)')
-    dataset = CrfAffinityDataset(ids, cfg.dataset_root, crf_dir(cfg), cfg.aff_crop_size, seed=cfg.seed)
+    dataset = CrfAffinityDataset(ids, cfg.dataset_root, crf_dir(cfg), cfg.aff_crop_size, seed=cfg.seed,
+                                 num_labels=common.dataset(cfg).num_labels)
     model = build_model(cfg)
     result = fit(model, dataset, cfg, device, cfg.weights_dir / 'aff_checkpoint.pt')
     torchutils.save_checkpoint(weights, model=model.state_dict(), width=model.width, config=cfg.to_json())

@@ -130,10 +130,12 @@ def make_datasets(cfg: Config):
         bank = ObjectBank.load(cfg.object_bank_dir)
         train = CDAClassificationDataset(ids, root, labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
                                          seed=cfg.seed, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
-                                         paste_context=cfg.cda_paste_context, jitter=jitter)
+                                         paste_context=cfg.cda_paste_context, jitter=jitter,
+                                         class_names=common.dataset(cfg).class_names)
         val = CDAClassificationDataset(v_ids, root, v_labels, bank, cfg.cam_resize_long, cfg.cam_crop_size,
                                        seed=cfg.seed + 1, variant=cfg.cda_variant, min_visible=cfg.cda_min_visible,
-                                       paste_context=cfg.cda_paste_context)
+                                       paste_context=cfg.cda_paste_context,
+                                       class_names=common.dataset(cfg).class_names)
         return train, val, cfg.cam_batch_size // 2
     train = dataloader.ClassificationDataset(ids, root, labels, cfg.cam_resize_long, cfg.cam_crop_size, cfg.seed,
                                              jitter=jitter)

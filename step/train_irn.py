@@ -107,7 +107,8 @@ def run(cfg: Config) -> dict:
                            'make_relation_labels')
     path_index = PathIndex(radius=10, default_size=(cfg.irn_crop_size // 4, cfg.irn_crop_size // 4))
     dataset = dataloader.AffinityDataset(ids, cfg.dataset_root, cfg.relation_label_dir, cfg.irn_crop_size,
-                                         path_index.src_indices, path_index.dst_indices, cfg.irn_rescale, cfg.seed)
+                                         path_index.src_indices, path_index.dst_indices, cfg.irn_rescale, cfg.seed,
+                                         num_labels=common.dataset(cfg).num_labels)
     loader = common.train_loader(dataset, cfg.irn_batch_size, cfg)
     if len(loader) == 0:
         raise common.BadInputError(f'train list has {len(dataset)} images, fewer than one batch of '

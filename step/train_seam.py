@@ -32,7 +32,8 @@ outputs = train_cam.outputs
 
 class TwoBranches(nn.Module):
     """The SEAM network run on a batch and on the batch downscaled by `scale`:
-    img (N, 3, H, W) -> (cam1, cam_rv1 (N, 21, H, W), cam2, cam_rv2 (N, 21, h, w)), h = floor(H * scale)."""
+    img (N, 3, H, W) -> (cam1, cam_rv1 (N, K + 1, H, W), cam2, cam_rv2 (N, K + 1, h, w)), h = floor(H * scale),
+    K the dataset's class count (21 channels on VOC, 81 on COCO)."""
 
     def __init__(self, net: nn.Module, scale: float):
         super().__init__()

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from coco14.annotations import (annotated_ids, category_index, class_mask, class_names, image_labels,
-                                load_coco)
+from coco14.annotations import (annotated_ids, category_index, class_mask, class_mask_of, class_names, image_labels,
+                                instance_mask_of, load_coco)
 
 
 def box_polygon(x0, y0, x1, y1):
@@ -77,3 +77,18 @@ def test_masks_paint_instances_in_file_order_with_crowd_as_background(instances)
     assert (mask25[:3, :3] == 3).all()
     assert (mask25[4:, 4:] == 0).all()                                          # crowd: background
     assert class_mask(instances, 30, mapping).tolist() == np.zeros((6, 6), int).tolist()
+
+
+def test_the_workers_masks_equal_annToMasks_and_instances_void_the_crowd(instances):
+    """The view's workers get one image's annotations, not the index: same pixels as `class_mask`
+    (polygons, crowd RLE, overlap); the instance map numbers non-crowd instances in file order, crowd 255."""
+    mapping = category_index(instances.loadCats(instances.getCatIds()))
+    for image_id in (9, 25, 30):
+        image = instances.imgs[image_id]
+        anns = instances.imgToAnns.get(image_id, [])
+        assert np.array_equal(class_mask_of(anns, image['height'], image['width'], mapping),
+                              class_mask(instances, image_id, mapping))
+    objects = instance_mask_of(instances.imgToAnns[9], 10, 12)
+    assert (objects[instances.annToMask(instances.anns[2]) == 1] == 2).all() and (objects == 1).any()
+    objects25 = instance_mask_of(instances.imgToAnns[25], 8, 8)
+    assert (objects25[:3, :3] == 1).all() and (objects25[4:, 4:] == 255).all()

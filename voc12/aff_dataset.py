@@ -63,13 +63,14 @@ class CrfAffinityDataset(_EpochSeeded):
     labels `self.pair_labels` gives on the device."""
 
     def __init__(self, ids: Sequence[str], root: Path, crf_dir: Path, crop_size: int = 448, radius: int = 5,
-                 seed: int = 0):
+                 seed: int = 0, num_labels: int = 21):
         super().__init__(seed)
         if crop_size % 8:
             raise ValueError(f'crop size {crop_size} is not a multiple of 8')
         self.ids, self.root, self.crf_dir, self.crop_size = list(ids), Path(root), Path(crf_dir), crop_size
-        self.extract_affinity_labels = GetAffinityLabelFromIndices(*pair_indices(radius, crop_size // 8))
-        self.pair_labels = PairLabels(*pair_indices(radius, crop_size // 8))
+        self.extract_affinity_labels = GetAffinityLabelFromIndices(*pair_indices(radius, crop_size // 8),
+                                                                   num_labels)
+        self.pair_labels = PairLabels(*pair_indices(radius, crop_size // 8), num_labels)
 
     def __len__(self) -> int:
         return len(self.ids)

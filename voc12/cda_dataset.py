@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from misc.cda import VARIANTS, ObjectBank, paste_object
+from voc12.classes import CAT_LIST
 from voc12.dataloader import ClassificationDataset, augment_for_cam, augment_for_cam_uint8
 
 logger = logging.getLogger(__name__)
@@ -42,25 +43,25 @@ class CDAClassificationDataset(ClassificationDataset):
     def __init__(self, ids, root: Path, labels: dict[str, np.ndarray], bank: ObjectBank,
                  resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
                  variant: str = 'rotate', min_visible: float = 0.0, paste_context: str = 'any',
-                 jitter: Optional[Sequence[float]] = None):
+                 jitter: Optional[Sequence[float]] = None, class_names: Sequence[str] = CAT_LIST):
         super().__init__(ids, root, labels, resize_long, crop_size, seed, jitter=jitter)
         self.bank = bank
         self.paste_options = VARIANTS[variant]
         self.min_visible = min_visible
         self.paste_context = paste_context
         self.scenes: dict[str, str] = {}
+        self.usual: list[str] = []
         if paste_context != 'any':
-            import json
-            self.scenes = json.loads((Path(root) / 'scenes.json').read_text())
+            from voc12.dataloader import load_scenes
+            self.scenes, self.usual = load_scenes(root, class_names)
 
     def _context_filter(self, image_id: str) -> Optional[Callable[[int], bool]]:
         if self.paste_context == 'any':
             return None
-        from voc12.synthetic import USUAL_SCENE
         scene = self.scenes[image_id]
         if self.paste_context == 'usual':
-            return lambda c: USUAL_SCENE[c] == scene
-        return lambda c: USUAL_SCENE[c] != scene
+            return lambda c: self.usual[c] == scene
+        return lambda c: self.usual[c] != scene
 
     def __getitem__(self, index: int) -> dict:
         global _warned_no_class

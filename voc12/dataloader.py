@@ -115,9 +115,9 @@ def shift_ids(root: Path) -> list[str]:
     return read_list_file(path) if path.is_file() else []
 
 
-def load_scenes(root: Path) -> Optional[tuple[dict[str, str], list[str]]]:
-    """({image id: scene}, usual scene of each class 0..19) from the synthetic dataset's scenes.json and
-    usual_scenes.json; None where the dataset has no scene labels (VOC)."""
+def load_scenes(root: Path, class_names: Sequence[str] = CAT_LIST) -> Optional[tuple[dict[str, str], list[str]]]:
+    """({image id: scene}, usual scene of each class 0..K-1 of `class_names`) from the synthetic dataset's
+    scenes.json and usual_scenes.json; None where the dataset has no scene labels (VOC, COCO)."""
     scenes_path, usual_path = Path(root) / 'scenes.json', Path(root) / 'usual_scenes.json'
     if not (scenes_path.is_file() and usual_path.is_file()):
         return None
@@ -126,11 +126,11 @@ def load_scenes(root: Path) -> Optional[tuple[dict[str, str], list[str]]]:
     except (OSError, ValueError) as e:
         raise BadInputError(f'{scenes_path.parent}: unreadable scenes.json / usual_scenes.json ({e}); '
                             'delete synthetic.json to regenerate the dataset') from None
-    missing = [name for name in CAT_LIST if name not in usual]
+    missing = [name for name in class_names if name not in usual]
     if missing:
         raise BadInputError(f'{usual_path}: no usual scene for {missing[0]}; delete synthetic.json to regenerate '
                             'the dataset')
-    return scenes, [usual[name] for name in CAT_LIST]
+    return scenes, [usual[name] for name in class_names]
 
 
 _warned: set[str] = set()
@@ -181,17 +181,19 @@ def image_label_from_xml(path: Path) -> np.ndarray:
     return label
 
 
-def image_label_from_mask(path: Path) -> np.ndarray:
+def image_label_from_mask(path: Path, num_classes: int = N_CAT) -> np.ndarray:
     values = np.unique(imutils.read_label_png(path))
-    label = np.zeros(N_CAT, np.float32)
+    label = np.zeros(num_classes, np.float32)
     for v in values:
-        if 1 <= v <= N_CAT:
+        if 1 <= v <= num_classes:
             label[v - 1] = 1.0
     return label
 
 
-def load_image_labels(root: Path, ids: Sequence[str], cache_dir: Optional[Path] = None) -> dict[str, np.ndarray]:
-    """Image-level labels of `ids`, from Annotations XML (else the segmentation PNG), cached as npz."""
+def load_image_labels(root: Path, ids: Sequence[str], cache_dir: Optional[Path] = None,
+                      num_classes: int = N_CAT) -> dict[str, np.ndarray]:
+    """Image-level labels of `ids`, from Annotations XML (else the segmentation PNG), cached as npz (on COCO
+    the cache holds every image's label, made from the instances by coco14.dataset)."""
     root = Path(root)
     cache = Path(cache_dir) / 'cls_labels.npz' if cache_dir is not None else None
     labels: dict[str, np.ndarray] = {}
@@ -204,7 +206,7 @@ def load_image_labels(root: Path, ids: Sequence[str], cache_dir: Optional[Path] 
         if xml.is_file():
             labels[image_id] = image_label_from_xml(xml)
         elif png.is_file():
-            labels[image_id] = image_label_from_mask(png)
+            labels[image_id] = image_label_from_mask(png, num_classes)
         else:
             raise BadInputError(f'{image_id}: neither {xml} nor {png} exists, so its image-level label is '
                                 'unknown; add the annotation or drop the image from the list')
@@ -233,17 +235,19 @@ def load_gt_mask(root: Path, image_id: str, size: Optional[Sequence[int]] = None
 # ----------------------------------------------------------------------------- affinity labels
 
 class GetAffinityLabelFromIndices:
-    """(h, w) label map -> (bg_pos, fg_pos, neg) float32 tensors of shape (P, sources)."""
+    """(h, w) label map -> (bg_pos, fg_pos, neg) float32 tensors of shape (P, sources); labels from
+    `num_labels` on (255, the unsure pixels) are in no pair (21 on VOC, 81 on COCO)."""
 
-    def __init__(self, indices_from: np.ndarray, indices_to: np.ndarray):
+    def __init__(self, indices_from: np.ndarray, indices_to: np.ndarray, num_labels: int = N_CAT + 1):
         self.indices_from = np.asarray(indices_from)
         self.indices_to = np.asarray(indices_to)
+        self.num_labels = num_labels
 
     def __call__(self, segm_map: np.ndarray | torch.Tensor):
         flat = np.asarray(segm_map).reshape(-1)
         label_from = flat[self.indices_from][None, :]
         label_to = flat[self.indices_to]
-        valid = (label_from < 21) & (label_to < 21)
+        valid = (label_from < self.num_labels) & (label_to < self.num_labels)
         equal = label_from == label_to
         positive = equal & valid
         bg_pos = (positive & (label_from == 0)).astype(np.float32)
@@ -450,12 +454,12 @@ class AffinityDataset(_EpochSeeded):
 
     def __init__(self, ids: Sequence[str], root: Path, label_dir: Path, crop_size: int,
                  indices_from: np.ndarray, indices_to: np.ndarray,
-                 rescale: Sequence[float] = (0.5, 1.5), seed: int = 0):
+                 rescale: Sequence[float] = (0.5, 1.5), seed: int = 0, num_labels: int = N_CAT + 1):
         super().__init__(seed)
         self.ids, self.root, self.label_dir = list(ids), Path(root), Path(label_dir)
         self.crop_size, self.rescale = crop_size, rescale
-        self.extract_affinity_labels = GetAffinityLabelFromIndices(indices_from, indices_to)
-        self.pair_labels = PairLabels(indices_from, indices_to)
+        self.extract_affinity_labels = GetAffinityLabelFromIndices(indices_from, indices_to, num_labels)
+        self.pair_labels = PairLabels(indices_from, indices_to, num_labels)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -94,6 +94,28 @@ CO_OCCUR: dict[int, tuple[int, ...]] = {
     )
 }
 
+
+@dataclass(frozen=True)
+class ClassSet:
+    """How a dataset's classes are drawn: per class index, its shape family, texture family, hue and usual
+    scene, and the companions an extra object is drawn from. VOC's is `VOC_CLASSES`; coco14.synthetic
+    builds COCO's 80 from the same families (shapes x textures x hues), so both share every drawing
+    function below."""
+    names: tuple[str, ...]
+    shape: tuple[str, ...]
+    texture: tuple[str, ...]
+    hue: tuple[float, ...]
+    usual_scene: tuple[str, ...]
+    co_occur: dict[int, tuple[int, ...]]
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+
+VOC_CLASSES = ClassSet(CAT_LIST, CLASS_SHAPE, CLASS_TEXTURE, CLASS_HUE,
+                       tuple(USUAL_SCENE[c] for c in range(N_CAT)), CO_OCCUR)
+
 N_OBJECTS_P = (0.5, 0.33, 0.17)       # probability of 1, 2, 3 objects per image
 PRIMARY_AREA = (0.10, 0.45)           # fraction of the image covered by the primary object
 EXTRA_AREA = (0.05, 0.25)             # ... by an extra object (smaller, so the primary stays visible)
@@ -268,9 +290,10 @@ class _Placed:
     truncated: bool        # part of the outline lies outside the image
 
 
-def _draw_object_mask(cls: int, area_frac: float, size: int, rng: np.random.Generator) -> _Placed:
+def _draw_object_mask(cls: int, area_frac: float, size: int, rng: np.random.Generator,
+                      classes: ClassSet = VOC_CLASSES) -> _Placed:
     """Place one object of class `cls` covering about `area_frac` of the image; returns its mask."""
-    outer, hole = _unit_shape(CLASS_SHAPE[cls], rng)
+    outer, hole = _unit_shape(classes.shape[cls], rng)
     aspect = math.exp(rng.uniform(-0.45, 0.45))   # width / height, 0.64 .. 1.57
     angle = rng.uniform(0, 2 * np.pi)
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
@@ -296,11 +319,11 @@ def _draw_object_mask(cls: int, area_frac: float, size: int, rng: np.random.Gene
     return _Placed(cls, mask.astype(bool), truncated)
 
 
-def _render_texture(cls: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def _render_texture(cls: int, size: int, rng: np.random.Generator, classes: ClassSet = VOC_CLASSES) -> np.ndarray:
     """The class's colour/texture family over the whole canvas: (size, size, 3) float32 RGB."""
-    hue = CLASS_HUE[cls] + rng.uniform(-4, 4)
+    hue = classes.hue[cls] + rng.uniform(-4, 4)
     main = _hsv_to_rgb(hue, rng.uniform(175, 255), rng.uniform(170, 250))
-    texture = CLASS_TEXTURE[cls]
+    texture = classes.texture[cls]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     u = xx * math.cos(angle) + yy * math.sin(angle)
@@ -329,15 +352,15 @@ def _render_texture(cls: int, size: int, rng: np.random.Generator) -> np.ndarray
     return img * (1 + 0.25 * (ramp - ramp.mean()))[..., None]
 
 
-def _pick_extra_class(primary: int, scene: str, rng: np.random.Generator) -> int:
+def _pick_extra_class(primary: int, scene: str, rng: np.random.Generator, classes: ClassSet = VOC_CLASSES) -> int:
     """An extra object's class: a usual companion of the primary, else one at home in the scene."""
-    partners = CO_OCCUR.get(primary, ())
+    partners = classes.co_occur.get(primary, ())
     if partners and rng.random() < 0.5:
         return int(partners[rng.integers(len(partners))])
     if rng.random() < 0.7:
-        natives = [c for c in range(N_CAT) if USUAL_SCENE[c] == scene]
+        natives = [c for c in range(classes.count) if classes.usual_scene[c] == scene]
         return int(natives[rng.integers(len(natives))])
-    return int(rng.integers(N_CAT))
+    return int(rng.integers(classes.count))
 
 
 def _border_band(instances: np.ndarray) -> np.ndarray:
@@ -356,16 +379,19 @@ class SyntheticImage:
     objects: list[tuple[int, tuple[int, int, int, int], bool]]
     # (H, W) uint8: 0 background, k: the k-th entry of `objects`, 255 ignore (the same band as `label`)
     instance_label: Optional[np.ndarray] = None
+    # (H, W) uint8: the same instances without the ignore band (COCO's masks have none)
+    instance_map: Optional[np.ndarray] = None
 
 
-def render_image(index: int, size: int = 128, context_bias: float = 0.85, seed: int = 0) -> SyntheticImage:
+def render_image(index: int, size: int = 128, context_bias: float = 0.85, seed: int = 0,
+                 classes: ClassSet = VOC_CLASSES) -> SyntheticImage:
     """Draw image `index` of the dataset made with `seed`: scene, 1-3 objects, label map, boxes."""
     rng = np.random.default_rng([seed, index])
-    primary = int(rng.integers(N_CAT))
-    scene = USUAL_SCENE[primary] if rng.random() < context_bias else SCENES[int(rng.integers(len(SCENES)))]
+    primary = int(rng.integers(classes.count))
+    scene = classes.usual_scene[primary] if rng.random() < context_bias else SCENES[int(rng.integers(len(SCENES)))]
     n_objects = int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P)) + 1
-    classes = [primary] + [_pick_extra_class(primary, scene, rng) for _ in range(n_objects - 1)]
-    return _compose(index, scene, classes, size, rng)
+    drawn = [primary] + [_pick_extra_class(primary, scene, rng, classes) for _ in range(n_objects - 1)]
+    return _compose(index, scene, drawn, size, rng, classes)
 
 
 def shift_rng(index: int, seed: int) -> np.random.Generator:
@@ -377,48 +403,49 @@ def shift_rng(index: int, seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index], spawn_key=(SHIFT_STREAM,)))
 
 
-def foreign_scenes(cls: int) -> tuple[str, ...]:
-    """The scenes in which class `cls` (0..19) is out of its usual context."""
-    return tuple(s for s in SCENES if s != USUAL_SCENE[cls])
+def foreign_scenes(cls: int, classes: ClassSet = VOC_CLASSES) -> tuple[str, ...]:
+    """The scenes in which class `cls` (0..19 on VOC) is out of its usual context."""
+    return tuple(s for s in SCENES if s != classes.usual_scene[cls])
 
 
-def _pick_foreign_class(primary: int, scene: str, rng: np.random.Generator) -> int:
+def _pick_foreign_class(primary: int, scene: str, rng: np.random.Generator, classes: ClassSet = VOC_CLASSES) -> int:
     """An extra object of a shift image: a usual companion of the primary if it too is foreign to the
     scene, else any class whose usual scene is not `scene`."""
-    partners = [c for c in CO_OCCUR.get(primary, ()) if USUAL_SCENE[c] != scene]
+    partners = [c for c in classes.co_occur.get(primary, ()) if classes.usual_scene[c] != scene]
     if partners and rng.random() < 0.5:
         return int(partners[rng.integers(len(partners))])
-    strangers = [c for c in range(N_CAT) if USUAL_SCENE[c] != scene]
+    strangers = [c for c in range(classes.count) if classes.usual_scene[c] != scene]
     return int(strangers[rng.integers(len(strangers))])
 
 
-def render_shift_image(index: int, size: int = 128, seed: int = 0) -> SyntheticImage:
+def render_shift_image(index: int, size: int = 128, seed: int = 0, classes: ClassSet = VOC_CLASSES) -> SyntheticImage:
     """Draw image `index` of the context-shift split: every object in a scene that is not its usual one.
 
     Drawn like `render_image`, but from its own stream (`shift_rng`), with the scene chosen uniformly
     among the primary's foreign scenes and the extra objects among the classes foreign to that scene."""
     rng = shift_rng(index, seed)
-    primary = int(rng.integers(N_CAT))
-    choices = foreign_scenes(primary)
+    primary = int(rng.integers(classes.count))
+    choices = foreign_scenes(primary, classes)
     scene = choices[int(rng.integers(len(choices)))]
     n_objects = int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P)) + 1
-    classes = [primary] + [_pick_foreign_class(primary, scene, rng) for _ in range(n_objects - 1)]
-    return _compose(index, scene, classes, size, rng)
+    drawn = [primary] + [_pick_foreign_class(primary, scene, rng, classes) for _ in range(n_objects - 1)]
+    return _compose(index, scene, drawn, size, rng, classes)
 
 
-def _compose(index: int, scene: str, classes: Sequence[int], size: int, rng: np.random.Generator) -> SyntheticImage:
-    """Scene plus objects of `classes` (the first is the primary), drawn in that order from `rng`."""
-    primary = classes[0]
+def _compose(index: int, scene: str, drawn: Sequence[int], size: int, rng: np.random.Generator,
+             classes: ClassSet = VOC_CLASSES) -> SyntheticImage:
+    """Scene plus objects of classes `drawn` (the first is the primary), drawn in that order from `rng`."""
+    primary = drawn[0]
     for _ in range(20):  # an image whose objects all vanish is redrawn (rare: needs tiny sizes)
         image = render_scene(scene, size, rng).astype(np.float32)
         instances = np.zeros((size, size), np.uint8)    # 0 background, k + 1 = k-th placed object
         placed: list[_Placed] = []
-        for k, cls in enumerate(classes):
+        for k, cls in enumerate(drawn):
             if k > 0 and not placed:
                 break  # the primary could not be drawn: redraw the image rather than lose it
             area_range = PRIMARY_AREA if k == 0 else EXTRA_AREA
             for _attempt in range(8):
-                obj = _draw_object_mask(cls, rng.uniform(*area_range), size, rng)
+                obj = _draw_object_mask(cls, rng.uniform(*area_range), size, rng, classes)
                 if not obj.mask.any():
                     continue
                 trial = instances.copy()
@@ -426,7 +453,7 @@ def _compose(index: int, scene: str, classes: Sequence[int], size: int, rng: np.
                 # Occlusion is allowed, but every earlier object must stay recognisable.
                 if all((trial == j + 1).sum() >= MIN_VISIBLE * p.mask.sum() for j, p in enumerate(placed)):
                     instances = trial
-                    image[obj.mask] = _render_texture(cls, size, rng)[obj.mask]
+                    image[obj.mask] = _render_texture(cls, size, rng, classes)[obj.mask]
                     placed.append(obj)
                     break
         band = _border_band(instances)
@@ -442,16 +469,19 @@ def _compose(index: int, scene: str, classes: Sequence[int], size: int, rng: np.
     objects = []
     instance_label = np.zeros((size, size), np.uint8)     # no random draws: images stay as they were
     instance_label[band] = IGNORE
+    instance_map = np.zeros((size, size), np.uint8)
     for j, obj in enumerate(placed):
         if not visible[j]:
             continue  # covered by the ignore band only: not in the mask, so not in the XML either
         instance_label[(instances == j + 1) & ~band] = len(objects) + 1
+        instance_map[instances == j + 1] = len(objects) + 1
         ys, xs = np.nonzero(instances == j + 1)
         box = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)
         objects.append((obj.cls, box, obj.truncated))
     # A slight blur softens the aliased polygon edges, as a camera would.
     image = cv2.GaussianBlur(image, (3, 3), 0.6)
-    return SyntheticImage(np.clip(image, 0, 255).astype(np.uint8), label, scene, primary, objects, instance_label)
+    return SyntheticImage(np.clip(image, 0, 255).astype(np.uint8), label, scene, primary, objects, instance_label,
+                          instance_map)
 
 
 # ----------------------------------------------------------------------------- files
