@@ -99,9 +99,10 @@ def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=No
 
     With `compact` (default) a dataset that has the switch (voc12's training datasets) gives its uint8
     samples, a quarter of the bytes or less, which the training step expands on its device with
-    `misc.device_input.to_device`; pinned memory where CUDA is present, and workers kept across epochs
-    (the datasets' epoch is in shared memory, so `set_epoch` still reaches them). With workers, the main
-    process is set to one OpenCV thread, which its workers inherit."""
+    `misc.device_input.to_device`; pinned memory where CUDA is present. Workers start anew every epoch, as
+    before: kept across epochs (`persistent_workers`), they are not reseeded, and IRN's training on the demo
+    then differs from the non-persistent run's. With workers, the main process is set to one OpenCV thread,
+    which its workers inherit."""
     world = torchutils.world_size()
     if global_batch % world:
         raise BadInputError(f'batch {global_batch} does not split over {world} processes; use a multiple')
@@ -115,7 +116,7 @@ def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=No
     return DataLoader(dataset, batch_size=global_batch // world, sampler=sampler, drop_last=True,
                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
                       worker_init_fn=init_train_worker, collate_fn=collate_fn,
-                      persistent_workers=cfg.num_workers > 0)
+                      persistent_workers=False)
 
 
 def eval_loader(dataset: Dataset, global_batch: int, cfg: Config) -> DataLoader:

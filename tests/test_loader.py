@@ -206,14 +206,14 @@ def test_compact_samples_are_small(synthetic_voc, ids_labels):
 
 # ----------------------------------------------------------------------------- the loader
 
-def test_train_loader_goes_compact_and_keeps_workers(synthetic_voc, ids_labels, tmp_path):
+def test_train_loader_goes_compact_with_workers_reseeded_each_epoch(synthetic_voc, ids_labels, tmp_path):
     ids, labels = ids_labels
     cfg = Config(work_dir=tmp_path, voc12_root=synthetic_voc, num_workers=1, seed=5)
     dataset = dataloader.ClassificationDataset(ids, synthetic_voc, labels, (48, 80), 64, seed=5)
     loader = common.train_loader(dataset, 4, cfg)
-    assert dataset.compact and loader.persistent_workers and loader.worker_init_fn is common.init_train_worker
+    assert dataset.compact and not loader.persistent_workers and loader.worker_init_fn is common.init_train_worker
     reference = dataloader.ClassificationDataset(ids, synthetic_voc, labels, (48, 80), 64, seed=5)
-    for epoch in (0, 1, 2):                  # set_epoch reaches the persistent worker (shared-memory epoch)
+    for epoch in (0, 1, 2):                  # set_epoch reaches the workers
         dataset.set_epoch(epoch)
         reference.set_epoch(epoch)
         loader.sampler.set_epoch(epoch)
