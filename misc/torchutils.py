@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -87,6 +87,21 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+
+
+@contextmanager
+def global_random_state_kept():
+    """Run a block and then put the global random states (Python, numpy, torch CPU and CUDA) back as they were.
+    Steps added late to a pass (the segmentation network's) use it, so that the steps after them (the CDA pass's
+    CAM network, initialised from the global state) draw what they drew before those steps existed."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -138,6 +138,11 @@ def write_server_layout(cfg: Config, test_ids: Sequence[str]) -> Path:
 
 
 def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
+    with torchutils.global_random_state_kept():     # its loader draws a worker seed; the steps after it do not see it
+        return predict(cfg, ids)
+
+
+def predict(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
     device = common.device_of(cfg)
     val, test = predicted_ids(cfg)
     ids = list(dict.fromkeys(val + test)) if ids is None else list(ids)

@@ -215,7 +215,8 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, iteration: int, cf
 
 
 def run(cfg: Config) -> dict:
-    return train(cfg)
+    with torchutils.global_random_state_kept():
+        return train(cfg)
 
 
 def train(cfg: Config, stop_after: Optional[int] = None) -> dict:

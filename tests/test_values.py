@@ -140,3 +140,17 @@ def test_cam_validation_loss_is_the_mean_over_images(tmp_path):
     assert loss == pytest.approx(np.mean(per_image), rel=1e-6)
     assert per_image[0] == pytest.approx((math.log(2) + math.log(1 + math.exp(2))) / 2)
     assert model.training                      # back in training mode
+
+
+def test_global_random_state_kept_restores_every_generator():
+    # The segmentation steps run inside it, so that the CDA pass's CAM network (initialised from the global
+    # torch state) draws what it drew before those steps joined the pass.
+    import random
+    from misc import torchutils
+    torch.manual_seed(3); np.random.seed(3); random.seed(3)
+    with torchutils.global_random_state_kept():
+        torch.manual_seed(0)
+        torch.rand(5), np.random.rand(3), random.random()
+    after = (torch.rand(1).item(), float(np.random.rand()), random.random())
+    torch.manual_seed(3); np.random.seed(3); random.seed(3)
+    assert after == (torch.rand(1).item(), float(np.random.rand()), random.random())
