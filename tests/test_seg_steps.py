@@ -19,6 +19,7 @@ from misc.config import with_stage
 from step.registry import parse_config
 from misc.imutils import read_label_png
 from misc.metrics import ConfusionMatrix
+from test_scale_out import run          # run_sample.py in a subprocess (torchrun when asked)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -54,15 +55,6 @@ def test_resumed_training_reaches_the_same_weights(synthetic_voc, tmp_path):
     assert changed                                             # the last 3 iterations did move the weights
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-
-
-def run(args: list[str], torchrun: int = 0) -> subprocess.CompletedProcess:
-    launcher = [sys.executable]
-    if torchrun:
-        launcher += ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}']
-    result = subprocess.run(launcher + args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_two_gloo_processes_match_one_accumulating(synthetic_voc, tmp_path):
