@@ -58,7 +58,12 @@ import numpy as np  # noqa: E402
 from misc.metrics import paired_difference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign')
+ALL_ARMS = ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign', 'cda_full')
+DEFAULT_ARMS = {  # IRNet's table (README) was measured before cda_full existed
+    'irn': ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign'),
+    'affinitynet': ALL_ARMS,
+    'seam': ALL_ARMS,
+}
 FIGURES = (  # (summary key, column title, higher is better)
     ('cam_miou', 'CAM mIoU train', True),
     ('cam_miou_shift', 'CAM mIoU shift', True),
@@ -71,8 +76,12 @@ FIGURES = (  # (summary key, column title, higher is better)
 )
 NO_INSTANCES = ('--no-make_ins_seg_pass', '--no-eval_ins_seg_pass', '--no-cda_make_ins_seg_pass',
                 '--no-cda_eval_ins_seg_pass')
-QUICK = ('--n_train', '200', '--n_val', '50', '--n_shift', '50', '--cam_num_epoches', '6',
-         '--irn_num_epoches', '2')
+QUICK_DATA = ('--n_train', '200', '--n_val', '50', '--n_shift', '50')
+QUICK = {  # fewer epochs of each method's own training steps (its demo profile has the rest)
+    'irn': (*QUICK_DATA, '--cam_num_epoches', '6', '--irn_num_epoches', '2'),
+    'affinitynet': (*QUICK_DATA, '--cam_num_epoches', '6', '--aff_num_epoches', '1'),
+    'seam': (*QUICK_DATA, '--cam_num_epoches', '4', '--aff_num_epoches', '2'),
+}
 
 
 def run_sample(work_dir: Path, args: list, threads: int, log_name: Optional[str] = None) -> dict:
@@ -95,6 +104,8 @@ def arm_args(arm: str, arm_dir: Path) -> list:
         return []
     if arm == 'cda_oracle':
         return ['--cda_bank_source', oracle_bank_source(arm_dir)]
+    if arm == 'cda_full':
+        return ['--cda_schedule', 'full']
     return ['--cda_paste_context', arm.removeprefix('paste_')]
 
 
@@ -182,8 +193,8 @@ def _pct(value: Optional[float]) -> str:
 class Results:
     """Per seed, the baseline's and every arm's figures; rewrites results.json/.md after each seed."""
 
-    def __init__(self, out: Path, seeds: list, header: str):
-        self.out, self.seeds, self.header = out, seeds, header
+    def __init__(self, out: Path, seeds: list, header: str, arms: tuple = DEFAULT_ARMS['irn']):
+        self.out, self.seeds, self.header, self.arms = out, seeds, header, tuple(arms)
         self.figures: dict[int, dict[str, dict]] = {seed: {} for seed in seeds}
         self.seconds: dict[int, dict[str, float]] = {seed: {} for seed in seeds}
         self.lock = threading.Lock()
@@ -194,18 +205,21 @@ class Results:
                 self.figures[seed]['baseline'] = summary['baseline']
             self.figures[seed][arm] = summary['cda']
             self.seconds[seed][arm] = summary['wall_seconds']
-            if all(a in self.figures[seed] for a in ARMS):
+            if all(a in self.figures[seed] for a in self.arms):
                 self.write()
 
     def complete_seeds(self) -> list:
-        return [s for s in self.seeds if all(a in self.figures[s] for a in ('baseline', *ARMS))]
+        return [s for s in self.seeds if all(a in self.figures[s] for a in ('baseline', *self.arms))]
 
     def values(self, arm: str, key: str) -> list:
         return [self.figures[s][arm].get(key) for s in self.complete_seeds()]
 
     def comparisons(self) -> dict:
-        pairs = [(f'{arm} - baseline', arm, 'baseline') for arm in ARMS]
-        pairs.append(('paste_foreign - paste_usual', 'paste_foreign', 'paste_usual'))
+        pairs = [(f'{arm} - baseline', arm, 'baseline') for arm in self.arms]
+        if {'paste_foreign', 'paste_usual'} <= set(self.arms):
+            pairs.append(('paste_foreign - paste_usual', 'paste_foreign', 'paste_usual'))
+        if 'cda_full' in self.arms:       # the schedule quirk's own effect
+            pairs.append(('cda_full - cda', 'cda_full', 'cda'))
         return {name: {key: paired_difference(self.values(a, key), self.values(b, key)) for key, _, _ in FIGURES}
                 for name, a, b in pairs}
 
@@ -215,7 +229,7 @@ class Results:
                  'leakage = share of a class\'s CAM mass on ground-truth background (lower is better)', '',
                  '| arm | ' + ' | '.join(title for _, title, _ in FIGURES) + ' |',
                  '|---|' + '---|' * len(FIGURES)]
-        for arm in ('baseline', *ARMS):
+        for arm in ('baseline', *self.arms):
             cells = []
             for key, _, _ in FIGURES:
                 known = [100 * v for v in self.values(arm, key) if v is not None]
@@ -238,12 +252,12 @@ class Results:
                                  f'[{100 * d["low"]:+.1f}, {100 * d["high"]:+.1f}]')
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
         lines += ['', 'Per seed: does each pass\'s walk (pseudo masks) beat the CAMs it starts from?', '',
-                  '| seed | ' + ' | '.join(f'{arm} CAM | {arm} masks' for arm in ('baseline', *ARMS)) + ' |',
-                  '|---|' + '---|---|' * (1 + len(ARMS))]
-        beaten = {arm: 0 for arm in ('baseline', *ARMS)}
+                  '| seed | ' + ' | '.join(f'{arm} CAM | {arm} masks' for arm in ('baseline', *self.arms)) + ' |',
+                  '|---|' + '---|---|' * (1 + len(self.arms))]
+        beaten = {arm: 0 for arm in ('baseline', *self.arms)}
         for seed in seeds:
             cells = []
-            for arm in ('baseline', *ARMS):
+            for arm in ('baseline', *self.arms):
                 cam, masks = (self.figures[seed][arm].get(k) for k in ('cam_miou', 'sem_seg_miou'))
                 cells.append(f'{_pct(cam)} | {_pct(masks)}')
                 beaten[arm] += cam is not None and masks is not None and masks > cam
@@ -302,6 +316,10 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seeds', type=int, nargs='+', default=list(range(8)))
     parser.add_argument('--context_bias', type=float, default=0.85)
+    parser.add_argument('--method', choices=tuple(DEFAULT_ARMS), default='irn')
+    parser.add_argument('--arms', nargs='+', choices=ALL_ARMS,
+                        help="CDA arms beside the baseline ('cda' always runs: it holds the baseline pass); "
+                             "default: IRNet's four, and cda_full too for affinitynet and seam")
     parser.add_argument('--quick', action='store_true', help='200 train / 50 val / 50 shift images, fewer epochs')
     parser.add_argument('--jobs', type=int, default=1, help='runs side by side (each gets cores / jobs threads)')
     parser.add_argument('--out', type=Path, default=ROOT / 'runs' / 'demo_seeds')
@@ -314,16 +332,18 @@ def main(argv: Optional[list] = None) -> int:
     args, passed_on = parser.parse_known_args(argv)
     if set(args.tune_seeds) & set(args.seeds):
         parser.error('--tune_seeds must not overlap --seeds: the table would be scored on the seeds it was tuned on')
+    arms = ('cda', *[a for a in ALL_ARMS if a != 'cda' and a in (args.arms or DEFAULT_ARMS[args.method])])
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
-    common = ['--profile', 'demo', '--context_bias', args.context_bias, '--num_workers', min(threads, 4),
-              *NO_INSTANCES, *(QUICK if args.quick else ()), *passed_on]
+    common = ['--method', args.method, '--profile', 'demo', '--context_bias', args.context_bias,
+              '--num_workers', min(threads, 4), *NO_INSTANCES, *(QUICK[args.method] if args.quick else ()),
+              *passed_on]
     failures: list = []
     if args.tune_seeds:
         common += tune(args.tune_seeds, common, args.tune_thresholds, args.tune_exp_times, args.out, threads,
                        lambda jobs: run_jobs(jobs, args.jobs, failures))
-    header = (f'benchmarks/demo_seeds.py: context bias {args.context_bias}, {"quick" if args.quick else "demo"} '
-              f'size, run_sample.py {" ".join(map(str, common))}')
-    results = Results(args.out, args.seeds, header)
+    header = (f'benchmarks/demo_seeds.py: {args.method}, context bias {args.context_bias}, '
+              f'{"quick" if args.quick else "demo"} size, run_sample.py {" ".join(map(str, common))}')
+    results = Results(args.out, args.seeds, header, arms)
     print(header, flush=True)
 
     # Earlier seeds first: a run cut short still leaves whole seeds behind. A main run queues its seed's
@@ -336,7 +356,7 @@ def main(argv: Optional[list] = None) -> int:
         results.add(seed, 'cda', summary)
         print(f'seed {seed}: baseline CAM {100 * summary["baseline"]["cam_miou"]:.1f}, CDA CAM '
               f'{100 * summary["cda"]["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
-        for rank, arm in enumerate(ARMS[1:]):
+        for rank, arm in enumerate(arms[1:]):
             push((seed, 1 + rank), lambda _push, arm=arm: arm_run(seed, arm))
 
     def arm_run(seed: int, arm: str) -> None:

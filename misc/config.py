@@ -92,6 +92,7 @@ class Config:
     cam_resize_long: tuple[int, int] = (320, 640)
     cam_batch_size: int = 16
     cam_num_epoches: int = 5
+    cam_val_interval: int = 1                  # the validation loss every N epochs and after the last (IRNet: 1)
     cam_learning_rate: float = 0.1
     cam_weight_decay: float = 1e-4
     cam_eval_thres: float = 0.15
@@ -240,6 +241,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         backbone='resnet18', pretrained='none', synthetic_n_train=300, synthetic_n_val=100,
         synthetic_n_shift=100, synthetic_size=128, cam_crop_size=96, cam_resize_long=(72, 128), cam_batch_size=16,
         cam_num_epoches=8, cam_learning_rate=0.1, cam_scales=(1.0, 0.5, 1.5),
+        cam_val_interval=8,          # the val loss once, after the last epoch (the same weights, a minute less)
         irn_crop_size=128, irn_batch_size=16, irn_num_epoches=4, irn_learning_rate=0.1,
         # stricter IR labels and a fine-tuned IRN backbone: a from-scratch classifier is weaker than VOC's
         cam_eval_thres=0.2, conf_fg_thres=0.5, conf_bg_thres=0.2, irn_backbone_lr_mult=1.0, exp_times=5,
@@ -402,6 +404,8 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     g.add_argument('--cam_resize_long', type=positive_int, nargs=2)
     g.add_argument('--cam_batch_size', type=positive_int)
     g.add_argument('--cam_num_epoches', type=positive_int)
+    g.add_argument('--cam_val_interval', type=positive_int,
+                   help='validation loss every N epochs and after the last one (1: every epoch, as IRNet)')
     g.add_argument('--cam_learning_rate', type=positive_float)
     g.add_argument('--cam_weight_decay', type=float)
     g.add_argument('--cam_eval_thres', type=unit_float)

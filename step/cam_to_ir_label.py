@@ -2,8 +2,9 @@
 
 Label = the class of the foreground pass (background score `conf_fg_thres`) where it found one; 0
 where the background pass (score `conf_bg_thres`) also says background; 255 (unknown) elsewhere.
-The CRF is CPU work, so the images are spread over `--num_workers` processes; the per-image core
-lives in misc/crf.py, free of torch, so that those processes start quickly.
+The CRF is CPU work, so the images are spread over worker processes, one per core
+(`common.cpu_workers`); the per-image core lives in misc/crf.py, free of torch, so that those processes
+start quickly.
 """
 from __future__ import annotations
 
@@ -40,6 +41,6 @@ def run(cfg: Config) -> dict:
     todo = torchutils.shard(common.pending(ids, output_of, common.png_is_valid, cfg.overwrite))
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
              cfg.conf_fg_thres, cfg.conf_bg_thres, common.dataset(cfg).palette) for i in todo]
-    common.run_in_workers(label_one_image, jobs, cfg.num_workers, 'cam_to_ir_label')
+    common.run_in_workers(label_one_image, jobs, common.cpu_workers(cfg), 'cam_to_ir_label')
     torchutils.barrier()
     return {'images': len(jobs)}

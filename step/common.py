@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import time
@@ -219,11 +220,12 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
 def fit(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, loader: DataLoader, optimizer,
         scheduler, device: torch.device, cfg: Config, num_epochs: int, checkpoint_path: Path | None,
         one_epoch: Callable, loss_keys: Sequence[str], validate: Callable | None = None,
-        sync_bn: bool = False) -> list[dict]:
+        sync_bn: bool = False, validate_every: int = 1) -> list[dict]:
     """The epoch loop of every training step. With --resume, `model`, its optimizer and schedule continue
     from `checkpoint_path`; `to_wrap` (the module whose forward the loss calls) is wrapped for DDP (with
     `sync_bn`, trainable BatchNorm sees the global batch); each epoch reseeds the samples and the sampler,
-    runs `one_epoch(wrapped, epoch) -> stats`, adds `validate(wrapped)` as `val_loss` where given, logs the
+    runs `one_epoch(wrapped, epoch) -> stats`, adds `validate(wrapped)` as `val_loss` where given (every
+    `validate_every` epochs and after the last; it reads no training state, so the weights are the same), logs the
     `loss_keys` of its stats (and their `parts`), and saves the epoch checkpoint. Returns the epochs' stats."""
     start_epoch = 0
     if cfg.resume and checkpoint_path is not None and checkpoint_path.is_file():
@@ -235,19 +237,32 @@ def fit(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, lo
         dataset.set_epoch(epoch)
         loader.sampler.set_epoch(epoch)
         stats = one_epoch(wrapped, epoch)
-        if validate is not None:
+        validating = validate is not None and ((epoch + 1) % validate_every == 0 or epoch + 1 == num_epochs)
+        if validating:
             stats['val_loss'] = validate(wrapped)
         stats['epoch'] = epoch + 1
         history.append(stats)
         figures = [f'{key} {stats[key]:.4f}' for key in loss_keys if key in stats]
         figures += [f'{key} {value:.4f}' for key, value in stats.get('parts', {}).items()]
-        if validate is not None:
+        if validating:
             figures.append(f'val loss {stats["val_loss"]:.4f}')
         logger.info('%s epoch %d/%d: %s, %.1f img/s (data %.1fs of %.1fs)', label, epoch + 1, num_epochs,
                     ', '.join(figures), stats['images_per_s'], stats['data_seconds'], stats['seconds'])
         if checkpoint_path is not None:
             torchutils.save_epoch_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_json())
     return history
+
+
+def cpu_workers(cfg: Config) -> int:
+    """Processes for CPU-only per-image work (dense CRFs), for `run_in_workers`: every core this process may
+    use, shared by the torchrun ranks of the node, or `--num_workers` where that is more. The main process
+    waits meanwhile, and `--num_workers` is sized for loaders beside a training process (half the cores by
+    default), so a CRF pool of that size leaves cores idle. `--num_workers 0` keeps the work in-process."""
+    if cfg.num_workers == 0:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    ranks_here = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    return max(cfg.num_workers, cores // max(ranks_here, 1))
 
 
 def run_in_workers(worker: Callable, jobs: Sequence, num_workers: int, desc: str) -> None:

@@ -7,7 +7,7 @@ block means after the random crop, so hard labels would not give the same pairs)
 `crf/<id>.npz` (`keys` (K,), `la`, `ha` (K + 1, H, W) float16, compressed: see misc.crf.save_crf_maps).
 The la/ha rule applied per pixel is also written to `relation_label/<id>.png` (VOC palette; 255 unsure), which
 only the report and the contact sheet read.
-The CRF is CPU work, spread over `--num_workers` processes, as step/cam_to_ir_label.py.
+The CRF is CPU work, spread over one process per core (`common.cpu_workers`), as step/cam_to_ir_label.py.
 """
 from __future__ import annotations
 
@@ -57,6 +57,6 @@ def run(cfg: Config) -> dict:
     jobs = [(i, Path(cfg.dataset_root) / 'JPEGImages' / f'{i}.jpg', cam_of(i), output_of(i),
              cfg.crf_la_alpha, cfg.crf_ha_alpha, cfg.relation_label_dir / f'{i}.png', common.dataset(cfg).palette)
             for i in todo]
-    common.run_in_workers(crf_labels_one_image, jobs, cfg.num_workers, 'make_crf_labels')
+    common.run_in_workers(crf_labels_one_image, jobs, common.cpu_workers(cfg), 'make_crf_labels')
     torchutils.barrier()
     return {'images': len(jobs)}

@@ -64,37 +64,33 @@ def outputs(cfg: Config) -> list[Path]:
 
 # ----------------------------------------------------------------------------- centroids and clusters
 
-def _bilinear(field: np.ndarray, y0, y1, x0, x1, fy, fx) -> np.ndarray:
-    """`field` (h, w) read at (y, x) = (y0 + fy, x0 + fx); y1/x1 the upper neighbours (= y0/x0 at integers).
-
-    The products and sums are evaluated in the reference's order, so its centroids are reproduced to
-    the bit (the steps are accumulated 300 times, and a rounding difference can move a centroid).
-    """
-    return (field[y1, x1] * fy * fx + field[y0, x1] * (1 - fy) * fx
-            + field[y1, x0] * fy * (1 - fx) + field[y0, x0] * (1 - fy) * (1 - fx))
-
-
 def find_centroids_with_refinement(displacement: np.ndarray, iterations: int = CENTROID_ITERATIONS) -> np.ndarray:
     """(2, h, w) displacement field (dy, dx at stride 4) -> (2, h, w) int32 centroid (y, x) of every pixel.
 
     Every pixel starts at its own coordinates and moves `iterations` times by the field read
     bilinearly at its current position, kept inside the map; the end points are rounded (half to even).
-    Positions are float32 as in the reference; each step is computed in float64 and stored as float32.
+    Positions are float32 as in the reference; each step is computed in float64 and stored as float32,
+    its products and sums in the reference's order, so its centroids are reproduced to the bit (the
+    steps are accumulated 300 times, and a rounding difference can move a centroid). Both channels are
+    read with one flat gather per corner.
     """
     displacement = np.asarray(displacement)
     height, width = displacement.shape[1:3]
-    pos_y = np.broadcast_to(np.arange(height, dtype=np.float32)[:, None], (height, width)).copy()
-    pos_x = np.broadcast_to(np.arange(width, dtype=np.float32)[None, :], (height, width)).copy()
+    field = displacement.reshape(2, -1)
+    pos_y = np.repeat(np.arange(height, dtype=np.float32), width)
+    pos_x = np.tile(np.arange(width, dtype=np.float32), height)
     for _ in range(iterations):
-        y0, y1 = np.floor(pos_y).astype(np.int32), np.ceil(pos_y).astype(np.int32)
-        x0, x1 = np.floor(pos_x).astype(np.int32), np.ceil(pos_x).astype(np.int32)
-        fy = pos_y.astype(np.float64) - y0          # fractional parts, float64 like numpy's float32 - int32
+        y0, y1 = np.floor(pos_y).astype(np.int64), np.ceil(pos_y).astype(np.int64)
+        x0, x1 = np.floor(pos_x).astype(np.int64), np.ceil(pos_x).astype(np.int64)
+        fy = pos_y.astype(np.float64) - y0          # fractional parts, float64 like numpy's float32 - int
         fx = pos_x.astype(np.float64) - x0
-        step_y = _bilinear(displacement[0], y0, y1, x0, x1, fy, fx)
-        step_x = _bilinear(displacement[1], y0, y1, x0, x1, fy, fx)
-        pos_y = np.clip((pos_y + step_y).astype(np.float32), 0, height - 1)
-        pos_x = np.clip((pos_x + step_x).astype(np.float32), 0, width - 1)
-    return np.stack([np.round(pos_y).astype(np.int32), np.round(pos_x).astype(np.int32)])
+        row0, row1 = y0 * width, y1 * width
+        f11, f01, f10, f00 = (np.take(field, row + col, axis=1)
+                              for row, col in ((row1, x1), (row0, x1), (row1, x0), (row0, x0)))
+        step = f11 * fy * fx + f01 * (1 - fy) * fx + f10 * fy * (1 - fx) + f00 * (1 - fy) * (1 - fx)
+        pos_y = np.clip((pos_y + step[0]).astype(np.float32), 0, height - 1)
+        pos_x = np.clip((pos_x + step[1]).astype(np.float32), 0, width - 1)
+    return np.stack([np.round(pos_y).astype(np.int32), np.round(pos_x).astype(np.int32)]).reshape(2, height, width)
 
 
 def cluster_centroids(centroids: np.ndarray, displacement: np.ndarray, thres: float = CLUSTER_THRES) -> np.ndarray:

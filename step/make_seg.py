@@ -5,7 +5,7 @@ the max over scales 1, 0.5, 0.75) at output stride 8, upsampled bilinearly to th
 `seg/<id>.png` (VOC palette). The logits are kept (`seg_logits/<id>.npz`, float32 at stride 8) and, with `--seg_crf`
 (default), refined by the dense CRF of deeplab-pytorch (softmax of the upsampled logits; 10 iterations,
 Gaussian 3/1, bilateral 4/67/3) on the image's real colours -> `seg_crf/<id>.png`; the CRF is CPU work spread
-over `--num_workers` processes.
+over one process per core (`common.cpu_workers`).
 
 Test list (any list, typically VOC's `test`, which has no ground truth): its predictions (the CRF ones with
 --seg_crf) are also written in the PASCAL evaluation server's layout, `results/VOC2012/Segmentation/
@@ -172,7 +172,7 @@ def predict(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
         crf_todo = torchutils.shard(common.pending(ids, crf_of, common.png_is_valid, cfg.overwrite))
         crf_jobs = [(i, cfg.dataset_root / 'JPEGImages' / f'{i}.jpg', logits_of(i), crf_of(i), common.dataset(cfg).palette)
                     for i in crf_todo]
-        common.run_in_workers(crf_one_image, crf_jobs, cfg.num_workers, 'make_seg CRF')
+        common.run_in_workers(crf_one_image, crf_jobs, common.cpu_workers(cfg), 'make_seg CRF')
         torchutils.barrier()
     result = {'images': len(todo), 'crf_images': len(crf_jobs), 'val': len(val), 'test': len(test)}
     if test and torchutils.is_main_process():

@@ -187,7 +187,8 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, wrap=l
                          cfg, cfg.cam_num_epoches, checkpoint_path,
                          lambda wrapped, epoch: train_one_epoch(wrapped, train_loader, optimizer, scheduler, device,
                                                                 cfg, epoch, loss_fn),
-                         ('loss',), validate=validation, sync_bn=cfg.pretrained == 'none')
+                         ('loss',), validate=validation, sync_bn=cfg.pretrained == 'none',
+                         validate_every=cfg.cam_val_interval)
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
     torchutils.barrier()
     return {'epochs': history, 'max_step': max_steps(cfg, len(train_set), steps_per_epoch),

@@ -24,6 +24,7 @@ def test_arm_flags(demo_seeds, tmp_path):
         '--cda_bank_source', tmp_path / 'synthetic_voc' / 'SegmentationClass']
     assert demo_seeds.arm_args('paste_usual', tmp_path) == ['--cda_paste_context', 'usual']
     assert demo_seeds.arm_args('paste_foreign', tmp_path) == ['--cda_paste_context', 'foreign']
+    assert demo_seeds.arm_args('cda_full', tmp_path) == ['--cda_schedule', 'full']
 
 
 def _summary(base_cam: float, cam: float) -> dict:
@@ -52,6 +53,27 @@ def test_results_pair_each_arm_with_its_own_seeds_baseline(demo_seeds, tmp_path)
     assert written['seeds'] == [0, 1]
     text = (tmp_path / 'results.md').read_text()
     assert '| cda - baseline | +3.0 ± 1.4' in text and '| baseline | 45.0 ± 7.1' in text
+
+
+def test_resnet38_tables_add_the_full_schedule_arm_and_its_pair_with_cda(demo_seeds, tmp_path):
+    results = demo_seeds.Results(tmp_path, [0, 1], 'header', demo_seeds.DEFAULT_ARMS['seam'])
+    for seed, base in ((0, 0.30), (1, 0.20)):
+        for arm, gain in (('cda', -0.02), ('cda_oracle', 0.0), ('paste_usual', 0.0), ('paste_foreign', 0.0),
+                          ('cda_full', 0.01 + seed / 100)):
+            results.add(seed, arm, _summary(base, base + gain))
+    assert results.complete_seeds() == [0, 1]
+    table = results.comparisons()
+    assert table['cda_full - cda']['cam_miou']['mean'] == pytest.approx(0.035)
+    assert table['cda_full - baseline']['cam_miou']['mean'] == pytest.approx(0.015)
+    assert '| cda_full - cda | +3.5 ± 0.7' in (tmp_path / 'results.md').read_text()
+    irn = demo_seeds.Results(tmp_path / 'irn', [0], 'header')       # IRNet's table keeps its four arms
+    assert 'cda_full - cda' not in irn.comparisons() and 'cda_full' not in irn.arms
+
+
+def test_quick_sizes_name_each_methods_own_epochs(demo_seeds):
+    assert '--irn_num_epoches' in demo_seeds.QUICK['irn']
+    for method in ('affinitynet', 'seam'):
+        assert '--aff_num_epoches' in demo_seeds.QUICK[method] and '--irn_num_epoches' not in demo_seeds.QUICK[method]
 
 
 def test_choose_takes_the_best_mean_over_tuning_seeds(demo_seeds):

@@ -300,3 +300,32 @@ def test_mean_shift_applies_in_eval_only() -> None:
     assert torch.allclose(dp0 - dp1, torch.tensor([0.5, -0.25]).view(1, 2, 1, 1).expand_as(dp0), atol=1e-6)
     assert torch.allclose(dp_train, dp0, atol=1e-5)      # training output ignores the shift
     assert 'mean_shift.running_mean' in net.state_dict()  # saved with the weights
+
+
+# ----------------------------------------------------------------------------- validation interval, CPU pools
+
+def test_cam_validation_interval_leaves_the_weights_as_they_were(tmp_path: Path, synthetic_voc) -> None:
+    from step.registry import parse_config
+    results = {}
+    for interval in (1, 2):
+        cfg = parse_config(['--profile', 'smoke', '--work_dir', str(tmp_path / str(interval)), '--voc12_root',
+                            str(synthetic_voc), '--cam_num_epoches', '3', '--cam_val_interval', str(interval),
+                            '--num_workers', '0'])
+        torchutils.seed_everything(cfg.seed)              # as run_sample.py does: the same initial weights
+        result = train_cam.run(cfg)
+        weights = torchutils.load_checkpoint(cfg.weights_dir / 'cam.pt')['model']
+        results[interval] = ([e['epoch'] for e in result['epochs'] if 'val_loss' in e], weights)
+    assert results[1][0] == [1, 2, 3]
+    assert results[2][0] == [2, 3]                        # every second epoch, and always the last
+    assert all(torch.equal(results[1][1][k], results[2][1][k]) for k in results[1][1])
+
+
+def test_cpu_pools_take_every_core_shared_by_the_ranks_of_a_node(monkeypatch) -> None:
+    from step import common
+    monkeypatch.setattr(common.os, 'sched_getaffinity', lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    assert common.cpu_workers(Config(num_workers=1)) == 8
+    assert common.cpu_workers(Config(num_workers=12)) == 12       # more asked for: as asked
+    assert common.cpu_workers(Config(num_workers=0)) == 0         # in this process
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    assert common.cpu_workers(Config(num_workers=1)) == 2
