@@ -1,7 +1,7 @@
 """Does CDA help on the synthetic, context-biased data, and is it context decoupling? Paired, over seeds.
 
-Each seed generates its own dataset and trains one baseline; four CDA arms then start from that
-same baseline (its pseudo masks, its CAM network's training recipe), so every comparison is a paired
+Each seed generates its own dataset and trains one baseline (`--method irn|affinitynet|seam`); the
+CDA arms then start from that same baseline (its pseudo masks, its CAM network's training recipe), so every comparison is a paired
 difference on the same data:
 
   cda            CDA with the bank cut from the baseline's pseudo masks (the method as published)
@@ -10,6 +10,11 @@ difference on the same data:
   paste_usual    the published bank, objects pasted only into images of their class's usual scene
   paste_foreign  the same, only into images of a foreign scene (context decoupling predicts
                  foreign > usual; plain paste augmentation predicts no difference)
+  cda_full       CDA with `--cda_schedule full`: the poly decay over the steps the CDA pass takes,
+                 not the reference's half-length quirk (default arm for affinitynet and seam)
+
+`--arms` picks among them ('cda' always runs: its run holds the baseline pass). IRNet's default is the
+first four, the arms of the README's table.
 
 Figures of every arm (from each run's metrics/summary.json): CAM mIoU on the train list and on the
 context-shift split (every object outside its usual scene), CAM leakage onto ground-truth background
@@ -23,12 +28,15 @@ epochs, 4 IRN epochs), the run a user sees, and 8 seeds: with paired differences
 half-width is t(n-1) * sd / sqrt(n), 0.84 sd at 8 seeds against 1.24 sd at 5, so a 2-point difference
 is resolved when the paired spread stays under about 2.4 points; results.md prints the half-width each
 comparison reached, so the reader sees whether it did. The instance steps are skipped (they do not
-change the figures compared here). --quick (200 / 50 / 50 images, 6 and 2 epochs) checks the script.
+change the figures compared here). --quick (200 / 50 / 50 images; CAM 6 epochs and IRN 2 for irn,
+CAM 6 and AffinityNet 1 for affinitynet, CAM 4 and AffinityNet 2 for seam) checks the script, and is the
+CPU fallback for the ResNet-38 tables.
 
     python benchmarks/demo_seeds.py                          # 8 seeds, demo size (CPU: hours)
     # the README's table (one H100 machine: 8 minutes)
     python benchmarks/demo_seeds.py --jobs 8 --device cuda --tune_seeds 100 101 102 103 104 105 106 107
     python benchmarks/demo_seeds.py --seeds 0 1 --quick      # the plumbing, smaller data
+    python benchmarks/demo_seeds.py --method affinitynet --seeds 0 1 2 3 4 --quick --out runs/seeds_aff
 Any argument this script does not know is passed on to run_sample.py (e.g. --device cuda, --amp).
 
 Tuning (`--tune_seeds`, seeds disjoint from the table's): before the table, one baseline per tuning

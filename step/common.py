@@ -220,12 +220,13 @@ def train_pairs_one_epoch(model, loader, optimizer, scheduler, device: torch.dev
 def fit(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, loader: DataLoader, optimizer,
         scheduler, device: torch.device, cfg: Config, num_epochs: int, checkpoint_path: Path | None,
         one_epoch: Callable, loss_keys: Sequence[str], validate: Callable | None = None,
-        sync_bn: bool = False, validate_every: int = 1) -> list[dict]:
+        sync_bn: bool = False, validate_every: int = 1, skip_validation: Callable | None = None) -> list[dict]:
     """The epoch loop of every training step. With --resume, `model`, its optimizer and schedule continue
     from `checkpoint_path`; `to_wrap` (the module whose forward the loss calls) is wrapped for DDP (with
     `sync_bn`, trainable BatchNorm sees the global batch); each epoch reseeds the samples and the sampler,
     runs `one_epoch(wrapped, epoch) -> stats`, adds `validate(wrapped)` as `val_loss` where given (every
-    `validate_every` epochs and after the last; it reads no training state, so the weights are the same), logs the
+    `validate_every` epochs and after the last; `skip_validation()` in the other epochs, which must leave the
+    global random state as a validation would, so that every later network starts as before), logs the
     `loss_keys` of its stats (and their `parts`), and saves the epoch checkpoint. Returns the epochs' stats."""
     start_epoch = 0
     if cfg.resume and checkpoint_path is not None and checkpoint_path.is_file():
@@ -240,6 +241,8 @@ def fit(name: str, model: torch.nn.Module, to_wrap: torch.nn.Module, dataset, lo
         validating = validate is not None and ((epoch + 1) % validate_every == 0 or epoch + 1 == num_epochs)
         if validating:
             stats['val_loss'] = validate(wrapped)
+        elif validate is not None and skip_validation is not None:
+            skip_validation()
         stats['epoch'] = epoch + 1
         history.append(stats)
         figures = [f'{key} {stats[key]:.4f}' for key in loss_keys if key in stats]

@@ -182,13 +182,18 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, wrap=l
     optimizer, scheduler = torchutils.make_sgd(model.trainable_parameters(), cfg.cam_learning_rate,
                                                cfg.cam_weight_decay, max_steps(cfg, len(train_set), steps_per_epoch))
     validation = None if validate_fn is None else lambda wrapped: validate_fn(wrapped, val_loader, device, cfg)
+
+    def skip_validation() -> None:
+        # A loader's iterator draws its base seed from the global torch RNG; a skipped validation draws it
+        # too, so the networks made after this one (the relation network, the CDA pass's) start as before.
+        iter(val_loader)
     # trainable BN (from scratch): statistics over the global batch, as in a single process
     history = common.fit('train_cam', model, wrap(model), train_set, train_loader, optimizer, scheduler, device,
                          cfg, cfg.cam_num_epoches, checkpoint_path,
                          lambda wrapped, epoch: train_one_epoch(wrapped, train_loader, optimizer, scheduler, device,
                                                                 cfg, epoch, loss_fn),
                          ('loss',), validate=validation, sync_bn=cfg.pretrained == 'none',
-                         validate_every=cfg.cam_val_interval)
+                         validate_every=cfg.cam_val_interval, skip_validation=skip_validation)
     torchutils.save_checkpoint(weights, model=model.state_dict(), config=cfg.to_json())
     torchutils.barrier()
     return {'epochs': history, 'max_step': max_steps(cfg, len(train_set), steps_per_epoch),

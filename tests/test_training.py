@@ -304,20 +304,25 @@ def test_mean_shift_applies_in_eval_only() -> None:
 
 # ----------------------------------------------------------------------------- validation interval, CPU pools
 
-def test_cam_validation_interval_leaves_the_weights_as_they_were(tmp_path: Path, synthetic_voc) -> None:
+@pytest.mark.parametrize('num_workers', ['0', '1'])
+def test_cam_validation_interval_leaves_the_weights_and_random_state_as_they_were(tmp_path: Path, synthetic_voc,
+                                                                                  num_workers) -> None:
+    # the random state after train_cam is where the next network's initial weights come from
     from step.registry import parse_config
-    results = {}
+    results, states = {}, {}
     for interval in (1, 2):
         cfg = parse_config(['--profile', 'smoke', '--work_dir', str(tmp_path / str(interval)), '--voc12_root',
                             str(synthetic_voc), '--cam_num_epoches', '3', '--cam_val_interval', str(interval),
-                            '--num_workers', '0'])
+                            '--num_workers', num_workers])
         torchutils.seed_everything(cfg.seed)              # as run_sample.py does: the same initial weights
         result = train_cam.run(cfg)
+        states[interval] = (torch.get_rng_state(), np.random.get_state()[1].copy())
         weights = torchutils.load_checkpoint(cfg.weights_dir / 'cam.pt')['model']
         results[interval] = ([e['epoch'] for e in result['epochs'] if 'val_loss' in e], weights)
     assert results[1][0] == [1, 2, 3]
     assert results[2][0] == [2, 3]                        # every second epoch, and always the last
     assert all(torch.equal(results[1][1][k], results[2][1][k]) for k in results[1][1])
+    assert torch.equal(states[1][0], states[2][0]) and np.array_equal(states[1][1], states[2][1])
 
 
 def test_cpu_pools_take_every_core_shared_by_the_ranks_of_a_node(monkeypatch) -> None:
