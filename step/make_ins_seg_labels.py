@@ -24,16 +24,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy import ndimage
 
 from misc import imutils, torchutils
 from misc.config import Config
-from misc.progress import progress
 from step import common
-from step.make_sem_seg_labels import (irn_inference, irn_source, random_walk_scores, saved_irn_outputs,
-                                      upsample_scores)
-from voc12 import dataloader
+from step.make_sem_seg_labels import irn_inference, random_walk_scores, upsample_scores
 
 logger = logging.getLogger(__name__)
 
@@ -193,26 +189,11 @@ def make_instances(cfg: Config, ids: Sequence[str]) -> int:
     todo = torchutils.shard(common.pending(ids, output_of, _is_valid, cfg.overwrite))
     if not todo:
         return 0
-    # make_sem_seg's forward of the same weights gave the same boundary map and displacement: read them
-    source = irn_source(cfg, device)
-    saved = {i: out for i in todo if (out := saved_irn_outputs(cfg, i, source)) is not None}
-    for image_id in progress([i for i in todo if i in saved], desc='make_ins_seg (saved IRN outputs)',
-                             disable=not torchutils.is_main_process()):
-        edge, displacement = saved.pop(image_id)
-        with np.load(cam_of(image_id)) as cam:
-            cams, keys = torch.from_numpy(cam['cam']).to(device), cam['keys']
-        with Image.open(Path(cfg.dataset_root) / dataloader.IMG_DIR / f'{image_id}.jpg') as image:
-            size = (image.height, image.width)          # the (H, W) the inference dataset reads
-        found = instances_from_irn(cams, keys, torch.from_numpy(edge).to(device), displacement, size, cfg.beta,
+    both = lambda module, model, img: module.boundary_and_displacement(model, img, cfg.irn_crop_size)  # noqa: E731
+    for image_id, size, (edge, displacement), cams, keys in irn_inference(cfg, todo, device, both, 'make_ins_seg'):
+        found = instances_from_irn(cams, keys, edge.float(), displacement.float(), size, cfg.beta,
                                    cfg.exp_times, cfg.ins_seg_bg_thres)
         imutils.save_npz(output_of(image_id), **found)
-    rest = [i for i in todo if not output_of(i).is_file()]
-    if rest:
-        both = lambda module, model, img: module.boundary_and_displacement(model, img, cfg.irn_crop_size)  # noqa: E731
-        for image_id, size, (edge, displacement), cams, keys in irn_inference(cfg, rest, device, both, 'make_ins_seg'):
-            found = instances_from_irn(cams, keys, edge.float(), displacement.float(), size, cfg.beta,
-                                       cfg.exp_times, cfg.ins_seg_bg_thres)
-            imutils.save_npz(output_of(image_id), **found)
     return len(todo)
 
 

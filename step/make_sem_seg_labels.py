@@ -5,9 +5,7 @@ Per image: boundary map = sigmoid of the mean of the logits of the image and its
 2**exp_times times; the result is upsampled x4 (bilinear), cropped to H x W, divided by its global
 max, and the argmax over [sem_seg_bg_thres, classes...] gives the class map. The random-walk scores at
 stride 4 are kept too (`rw/<id>.npz`); `walked_scores` reads them back, so eval_sem_seg can sweep
-thresholds without redoing the walk. The network's forward also gives the displacement field, which the
-instance step needs with the same boundary map: both are kept (`irn_out/<id>.npz`, float32 at stride 4,
-with what they were computed from), and make_ins_seg reads them instead of running IRN again.
+thresholds without redoing the walk.
 """
 from __future__ import annotations
 
@@ -40,41 +38,11 @@ def reads(cfg: Config) -> tuple[str, ...]:
 
 
 def outputs(cfg: Config) -> list[Path]:
-    return [cfg.sem_seg_dir, rw_dir(cfg), irn_outputs_dir(cfg)]
+    return [cfg.sem_seg_dir, rw_dir(cfg)]
 
 
 def rw_dir(cfg: Config) -> Path:
     return cfg.out_dir / 'rw'
-
-
-def irn_outputs_dir(cfg: Config) -> Path:
-    return cfg.out_dir / 'irn_out'
-
-
-def irn_source(cfg: Config, device: torch.device) -> Optional[str]:
-    """What IRN's outputs of an image depend on besides the image: the weights file (path, size, time), the
-    padded crop, AMP and the device kind; None while there are no weights."""
-    path = Path(cfg.relation_weights) if cfg.relation_weights is not None else cfg.weights_dir / 'irn.pt'
-    if not path.is_file():
-        return None
-    stat = path.stat()
-    return (f'{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|crop {cfg.irn_crop_size}|amp {cfg.amp}|'
-            f'{device.type}')
-
-
-def saved_irn_outputs(cfg: Config, image_id: str, source: Optional[str]) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """(boundary map (h, w), displacement field (2, h, w)) that make_sem_seg kept for the image, when they
-    were computed from `source`; None otherwise (missing, unreadable or from other weights)."""
-    path = irn_outputs_dir(cfg) / f'{image_id}.npz'
-    if source is None or not path.is_file():
-        return None
-    try:
-        with np.load(path) as saved:
-            if str(saved['source']) != source:
-                return None
-            return saved['edge'], saved['displacement']
-    except Exception:
-        return None
 
 
 def walked_scores(cfg: Config, image_id: str, size: Sequence[int]) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -170,15 +138,9 @@ def run(cfg: Config, ids: Optional[Sequence[str]] = None) -> dict:
     if not todo:
         torchutils.barrier()
         return {'images': 0}
-    source = irn_source(cfg, device)
-    irn_out_of = lambda i: irn_outputs_dir(cfg) / f'{i}.npz'   # noqa: E731
-    irn_outputs_dir(cfg).mkdir(parents=True, exist_ok=True)
-    both = lambda module, model, img: module.boundary_and_displacement(model, img, cfg.irn_crop_size)  # noqa: E731
-    for image_id, size, (edge, displacement), cams, keys in irn_inference(cfg, todo, device, both, 'make_sem_seg'):
-        edge = edge.float()
-        imutils.save_npz(irn_out_of(image_id), edge=edge.cpu().numpy(), displacement=displacement.float().cpu().numpy(),
-                         source=np.asarray(source))
-        rw = random_walk_scores(cams, edge, cfg.beta, cfg.exp_times)
+    boundary = lambda module, model, img: module.boundary_map(model, img, cfg.irn_crop_size)   # noqa: E731
+    for image_id, size, edge, cams, keys in irn_inference(cfg, todo, device, boundary, 'make_sem_seg'):
+        rw = random_walk_scores(cams, edge.float(), cfg.beta, cfg.exp_times)
         scores = upsample_scores(rw, size).cpu().numpy()
         imutils.save_npz(rw_of(image_id), keys=keys, rw=rw[:, 0].cpu().numpy())
         imutils.save_label_png(output_of(image_id), label_from_scores(scores, keys, cfg.sem_seg_bg_thres),

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import run_sample
 from misc.imutils import read_label_png
@@ -105,39 +103,3 @@ def test_instance_steps_find_objects_from_clean_cams(smoke_run, synthetic_voc, t
     assert result['images'] == 4 and result['pred_instances'] > 0
     assert result['map25'] > 0
     assert not (tmp_path / 'coco').exists()
-
-
-def test_make_ins_seg_reads_make_sem_segs_irn_outputs_only_when_they_are_of_its_weights(smoke_run, synthetic_voc,
-                                                                                        tmp_path):
-    """make_sem_seg keeps IRN's boundary map and displacement field; make_ins_seg's files from them equal the
-    ones it makes with its own forward, and outputs of other weights (a retrained IRN) are not read."""
-    import shutil
-    from step import make_ins_seg_labels, make_sem_seg_labels
-    from step.registry import parse_config
-    ids = (synthetic_voc / 'ImageSets' / 'Segmentation' / 'train.txt').read_text().split()
-    cfg = parse_config(['--profile', 'smoke', '--voc12_root', str(synthetic_voc), '--work_dir', str(smoke_run)])
-    source = make_sem_seg_labels.irn_source(cfg, torch.device('cpu'))
-    assert all(make_sem_seg_labels.saved_irn_outputs(cfg, i, source) is not None for i in ids)
-    assert make_sem_seg_labels.saved_irn_outputs(cfg, ids[0], source + 'x') is None
-
-    def instances(work: Path) -> dict:
-        assert run_sample.main(['--profile', 'smoke', '--voc12_root', str(synthetic_voc), '--work_dir', str(work),
-                                '--steps', 'make_ins_seg', '--no-ins_seg_coco', '--no-cda']) == 0
-        return {i: dict(np.load(work / 'ins_seg' / f'{i}.npz')) for i in ids}
-
-    for name, keep_saved in (('saved', True), ('fresh', False)):
-        work = tmp_path / name
-        shutil.copytree(smoke_run, work, ignore=shutil.ignore_patterns('cda', 'ins_seg'))
-        if not keep_saved:
-            shutil.rmtree(work / 'irn_out')
-    saved, fresh = instances(tmp_path / 'saved'), instances(tmp_path / 'fresh')
-    for i in ids:
-        assert saved[i].keys() == fresh[i].keys()
-        assert all(np.array_equal(saved[i][k], fresh[i][k]) for k in saved[i])
-
-    stale = tmp_path / 'stale'                               # saved outputs of other weights: not read
-    shutil.copytree(tmp_path / 'saved', stale, ignore=shutil.ignore_patterns('ins_seg'))
-    for i in ids:
-        np.savez(stale / 'irn_out' / f'{i}.npz', edge=np.ones((16, 16), np.float32),
-                 displacement=np.zeros((2, 16, 16), np.float32), source=np.asarray('other weights'))
-    assert all(np.array_equal(a[k], fresh[i][k]) for i, a in instances(stale).items() for k in a)
