@@ -1,8 +1,8 @@
 """Does CDA help on the synthetic, context-biased data, and is it context decoupling? Paired, over seeds.
 
 Each seed generates its own dataset and trains one baseline (`--method irn|affinitynet|seam`); the
-CDA arms then start from that same baseline (its pseudo masks, its CAM network's training recipe), so every comparison is a paired
-difference on the same data:
+CDA arms then start from that same baseline (its pseudo masks, its CAM network's training recipe), so
+every comparison is a paired difference on the same data:
 
   cda            CDA with the bank cut from the baseline's pseudo masks (the method as published)
   cda_oracle     CDA with the bank cut from the ground-truth masks of the train list (the bank

@@ -187,6 +187,7 @@ def train(cfg: Config, loss_fn=classification_loss, validate_fn=validate, wrap=l
         # A loader's iterator draws its base seed from the global torch RNG; a skipped validation draws it
         # too, so the networks made after this one (the relation network, the CDA pass's) start as before.
         iter(val_loader)
+
     # trainable BN (from scratch): statistics over the global batch, as in a single process
     history = common.fit('train_cam', model, wrap(model), train_set, train_loader, optimizer, scheduler, device,
                          cfg, cfg.cam_num_epoches, checkpoint_path,
