@@ -30,7 +30,7 @@ def test_arm_flags(demo_seeds, tmp_path):
 def _summary(base_cam: float, cam: float) -> dict:
     figures = lambda v: {'cam_miou': v, 'cam_miou_shift': v / 2, 'leakage_usual': 0.3,  # noqa: E731
                          'leakage_foreign': None, 'leakage_shift': 0.5, 'sem_seg_miou': v + 0.01}
-    return {'baseline': figures(base_cam), 'cda': figures(cam), 'wall_seconds': 10.0}
+    return {'baseline': figures(base_cam), 'cda': None if cam is None else figures(cam), 'wall_seconds': 10.0}
 
 
 def test_results_pair_each_arm_with_its_own_seeds_baseline(demo_seeds, tmp_path):
@@ -38,9 +38,11 @@ def test_results_pair_each_arm_with_its_own_seeds_baseline(demo_seeds, tmp_path)
     gains = {'cda': (0.02, 0.04), 'cda_oracle': (0.05, 0.05), 'paste_usual': (0.0, 0.0),
              'paste_foreign': (0.01, 0.03)}
     for seed, base in ((0, 0.40), (1, 0.50)):
-        for arm, per_seed in gains.items():
-            results.add(seed, arm, _summary(base, base + per_seed[seed]))
-    results.add(2, 'cda', _summary(0.45, 0.46))                     # seed 2 unfinished: left out
+        results.add(seed, 'baseline', _summary(base, None))
+        for arm, per_seed in gains.items():                     # each arm's own run: only its CDA pass is read
+            results.add(seed, arm, _summary(-1.0, base + per_seed[seed]))
+    results.add(2, 'baseline', _summary(0.45, None))
+    results.add(2, 'cda', _summary(-1.0, 0.46))                     # seed 2 unfinished: left out
 
     assert results.complete_seeds() == [0, 1]
     table = results.comparisons()
@@ -58,6 +60,7 @@ def test_results_pair_each_arm_with_its_own_seeds_baseline(demo_seeds, tmp_path)
 def test_resnet38_tables_add_the_full_schedule_arm_and_its_pair_with_cda(demo_seeds, tmp_path):
     results = demo_seeds.Results(tmp_path, [0, 1], 'header', demo_seeds.DEFAULT_ARMS['seam'])
     for seed, base in ((0, 0.30), (1, 0.20)):
+        results.add(seed, 'baseline', _summary(base, None))
         for arm, gain in (('cda', -0.02), ('cda_oracle', 0.0), ('paste_usual', 0.0), ('paste_foreign', 0.0),
                           ('cda_full', 0.01 + seed / 100)):
             results.add(seed, arm, _summary(base, base + gain))
