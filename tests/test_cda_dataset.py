@@ -82,6 +82,18 @@ def test_min_visible_drops_a_class_cropped_away(synthetic_voc, ids_labels, bank)
         torch.testing.assert_close(a['aug_img'], s['aug_img'])   # same draws, only the label differs
 
 
+def test_pasted_visible_is_the_share_that_min_visible_compares(synthetic_voc, ids_labels, bank):
+    always = make(synthetic_voc, ids_labels, bank, seed=2, min_visible=0.0)
+    shares = [always[index]['pasted_visible'] for index in range(6)]
+    assert all(0.0 <= share <= 1.0 for share in shares) and len(set(shares)) > 1
+    threshold = sorted(shares)[3]                        # some pairs above it, some below
+    cut = make(synthetic_voc, ids_labels, bank, seed=2, min_visible=threshold)
+    for index, share in enumerate(shares):
+        item = cut[index]
+        assert item['pasted_visible'] == share
+        assert item['aug_label'][item['pasted_class']] == (1 if share >= threshold else 0)
+
+
 def test_repeatable_with_a_seed_and_independent_of_workers(synthetic_voc, ids_labels, bank):
     def batches(num_workers, seed):
         dataset = make(synthetic_voc, ids_labels, bank, seed=seed)

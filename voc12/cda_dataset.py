@@ -37,8 +37,9 @@ def choose_paste_class(label: np.ndarray, available: Sequence[int], rng: np.rand
 
 
 class CDAClassificationDataset(ClassificationDataset):
-    """{'name', 'img', 'label', 'aug_img', 'aug_label', 'pasted_class' (-1 when none)}; compact: 'img' and
-    'aug_img' (crop, crop, 3) uint8 with 'img_valid' and 'aug_img_valid' (4,) (misc/device_input.py)."""
+    """{'name', 'img', 'label', 'aug_img', 'aug_label', 'pasted_class' (-1 when none), 'pasted_visible' (the
+    share of the pasted object's pixels inside the crop; 0 when none)}; compact: 'img' and 'aug_img' (crop,
+    crop, 3) uint8 with 'img_valid' and 'aug_img_valid' (4,) (misc/device_input.py)."""
 
     def __init__(self, ids, root: Path, labels: dict[str, np.ndarray], bank: ObjectBank,
                  resize_long: Sequence[int] = (320, 640), crop_size: int = 512, seed: int = 0,
@@ -94,5 +95,6 @@ class CDAClassificationDataset(ClassificationDataset):
         if pasted_class is not None and visible < self.min_visible:
             aug_label[pasted_class] = 0.0
         out.update(img=torch.from_numpy(img), aug_img=torch.from_numpy(aug_img), aug_label=torch.from_numpy(aug_label),
-                   pasted_class=pasted_class if pasted_class is not None else -1)
+                   pasted_class=pasted_class if pasted_class is not None else -1,
+                   pasted_visible=float(visible) if pasted_class is not None else 0.0)
         return out
