@@ -16,9 +16,13 @@ the baseline pass left: IRNet's table in docs/demo.md was measured so.)
                  foreign > usual; plain paste augmentation predicts no difference)
   cda_full       CDA with `--cda_schedule full`: the poly decay over the steps the CDA pass takes,
                  not the reference's half-length quirk (default arm for affinitynet and seam)
+  baseline_long  no CDA: the baseline pass alone with twice the CAM epochs, as many CAM steps as
+                 `cda_full` takes (a CDA step holds B/2 originals); `cda_full - baseline_long` then
+                 compares CDA with training as long (default arm for affinitynet and seam)
 
 `--arms` picks among them ('cda' always runs). IRNet's default is the
-first four, the arms of the README's table.
+first four, the arms of the README's table. `--resume` keeps the runs that <out>/results.json records
+(same settings) and runs only the missing ones, e.g. an arm added to a finished table.
 
 Figures of every arm (from each run's metrics/summary.json): CAM mIoU on the train list and on the
 context-shift split (every object outside its usual scene), CAM leakage onto ground-truth background
@@ -70,7 +74,8 @@ import numpy as np  # noqa: E402
 from misc.metrics import paired_difference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_ARMS = ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign', 'cda_full')
+ALL_ARMS = ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign', 'cda_full', 'baseline_long')
+BASELINE_ARMS = ('baseline', 'baseline_long')    # runs without a CDA pass: their figures are the baseline's
 DEFAULT_ARMS = {  # IRNet's table (README) was measured before cda_full existed
     'irn': ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign'),
     'affinitynet': ALL_ARMS,
@@ -110,10 +115,25 @@ def run_sample(work_dir: Path, args: list, threads: int, log_name: Optional[str]
     return summary
 
 
-def arm_args(arm: str, arm_dir: Path) -> list:
-    """run_sample.py flags of a CDA arm run with --cda_only on a copy of the baseline's work dir."""
+def cam_epochs(method: str, args: list) -> int:
+    """The CAM epochs a run with `args` trains: the last --cam_num_epoches given, else its profile's value."""
+    def last(flag: str) -> Optional[str]:
+        given = [args[i + 1] for i in range(len(args) - 1) if args[i] == flag]
+        return given[-1] if given else None
+    if last('--cam_num_epoches') is not None:
+        return int(last('--cam_num_epoches'))
+    from misc.config import profile_values
+    from step.registry import catalog
+    return int(profile_values(catalog().methods[method], last('--profile') or 'demo')['cam_num_epoches'])
+
+
+def arm_args(arm: str, arm_dir: Path, epochs: int = 0) -> list:
+    """run_sample.py flags of an arm: a CDA arm's run with --cda_only on a copy of the baseline's work dir;
+    baseline_long's run of the baseline pass alone (`epochs`: the table's CAM epochs, doubled there)."""
     if arm == 'cda':
         return []
+    if arm == 'baseline_long':
+        return ['--cam_num_epoches', 2 * epochs]
     if arm == 'cda_oracle':
         return ['--cda_bank_source', oracle_bank_source(arm_dir)]
     if arm == 'cda_full':
@@ -213,10 +233,26 @@ class Results:
 
     def add(self, seed: int, arm: str, summary: dict) -> None:
         with self.lock:
-            self.figures[seed][arm] = summary['baseline' if arm == 'baseline' else 'cda']
+            self.figures[seed][arm] = summary['baseline' if arm in BASELINE_ARMS else 'cda']
             self.seconds[seed][arm] = summary['wall_seconds']
             if all(a in self.figures[seed] for a in ('baseline', *self.arms)):
                 self.write()
+
+    def resume(self) -> None:
+        """Take the finished runs that results.json in `out` records, for seeds and arms of this table; the
+        file must come from the same settings (header)."""
+        path = self.out / 'results.json'
+        if not path.is_file():
+            return
+        previous = json.loads(path.read_text())
+        if previous.get('header') != self.header:
+            raise SystemExit(f'{path} was written with other settings ({previous.get("header")}); '
+                             'give another --out, or drop --resume')
+        for seed in self.seeds:
+            for arm, figures in previous['figures'].get(str(seed), {}).items():
+                if arm in ('baseline', *self.arms):
+                    self.figures[seed][arm] = figures
+                    self.seconds[seed][arm] = previous['wall_seconds'].get(str(seed), {}).get(arm, 0.0)
 
     def complete_seeds(self) -> list:
         return [s for s in self.seeds if all(a in self.figures[s] for a in ('baseline', *self.arms))]
@@ -230,6 +266,8 @@ class Results:
             pairs.append(('paste_foreign - paste_usual', 'paste_foreign', 'paste_usual'))
         if 'cda_full' in self.arms:       # the schedule quirk's own effect
             pairs.append(('cda_full - cda', 'cda_full', 'cda'))
+        if {'cda_full', 'baseline_long'} <= set(self.arms):      # CDA against training as long without it
+            pairs.append(('cda_full - baseline_long', 'cda_full', 'baseline_long'))
         return {name: {key: paired_difference(self.values(a, key), self.values(b, key)) for key, _, _ in FIGURES}
                 for name, a, b in pairs}
 
@@ -328,11 +366,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument('--context_bias', type=float, default=0.85)
     parser.add_argument('--method', choices=tuple(DEFAULT_ARMS), default='irn')
     parser.add_argument('--arms', nargs='+', choices=ALL_ARMS,
-                        help="CDA arms beside the baseline ('cda' always runs); "
-                             "default: IRNet's four, and cda_full too for affinitynet and seam")
+                        help="arms beside the baseline ('cda' always runs); "
+                             "default: IRNet's four, and cda_full and baseline_long too for affinitynet and seam")
     parser.add_argument('--quick', action='store_true', help='200 train / 50 val / 50 shift images, fewer epochs')
     parser.add_argument('--jobs', type=int, default=1, help='runs side by side (each gets cores / jobs threads)')
     parser.add_argument('--out', type=Path, default=ROOT / 'runs' / 'demo_seeds')
+    parser.add_argument('--resume', action='store_true',
+                        help="keep the runs <out>/results.json records (same settings); run only the others")
     parser.add_argument('--tune_seeds', type=int, nargs='*', default=[],
                         help='first choose the CAM threshold and the walk on baselines of these seeds (not '
                              'among --seeds); the table then runs with them')
@@ -354,28 +394,39 @@ def main(argv: Optional[list] = None) -> int:
     header = (f'benchmarks/demo_seeds.py: {args.method}, context bias {args.context_bias}, '
               f'{"quick" if args.quick else "demo"} size, run_sample.py {" ".join(map(str, common))}')
     results = Results(args.out, args.seeds, header, arms)
+    if args.resume:
+        results.resume()
+    epochs = cam_epochs(args.method, [str(a) for a in common])
     print(header, flush=True)
 
     # Earlier seeds first: a run cut short still leaves whole seeds behind. A main run queues its seed's
     # arms before it finishes, so every run, arms included, is done when run_jobs returns.
     def main_run(seed: int, push) -> None:
         base_dir = args.out / f'seed{seed}'
-        if base_dir.exists():
-            shutil.rmtree(base_dir)
-        summary = run_sample(base_dir, ['--no-cda', '--seed', seed, *common], threads)
-        results.add(seed, 'baseline', summary)
-        print(f'seed {seed}: baseline CAM {100 * summary["baseline"]["cam_miou"]:.1f}, masks '
-              f'{100 * summary["baseline"]["sem_seg_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
+        if 'baseline' not in results.figures[seed] or not base_dir.is_dir():
+            if base_dir.exists():
+                shutil.rmtree(base_dir)
+            summary = run_sample(base_dir, ['--no-cda', '--seed', seed, *common], threads)
+            results.add(seed, 'baseline', summary)
+            print(f'seed {seed}: baseline CAM {100 * summary["baseline"]["cam_miou"]:.1f}, masks '
+                  f'{100 * summary["baseline"]["sem_seg_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
         for rank, arm in enumerate(arms):
-            push((seed, 1 + rank), lambda _push, arm=arm: arm_run(seed, arm))
+            if arm not in results.figures[seed]:
+                push((seed, 1 + rank), lambda _push, arm=arm: arm_run(seed, arm))
 
     def arm_run(seed: int, arm: str) -> None:
         base_dir, arm_dir = args.out / f'seed{seed}', args.out / f'seed{seed}_{arm}'
-        copy_baseline(base_dir, arm_dir)
-        summary = run_sample(arm_dir, ['--cda_only', '--seed', seed, *common, *arm_args(arm, arm_dir)], threads)
+        flags = arm_args(arm, arm_dir, epochs)
+        if arm in BASELINE_ARMS:
+            if arm_dir.exists():
+                shutil.rmtree(arm_dir)
+            summary = run_sample(arm_dir, ['--no-cda', '--seed', seed, *common, *flags], threads)
+        else:
+            copy_baseline(base_dir, arm_dir)
+            summary = run_sample(arm_dir, ['--cda_only', '--seed', seed, *common, *flags], threads)
         results.add(seed, arm, summary)
-        print(f'seed {seed} {arm}: CAM {100 * summary["cda"]["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)',
-              flush=True)
+        figures = summary['baseline' if arm in BASELINE_ARMS else 'cda']
+        print(f'seed {seed} {arm}: CAM {100 * figures["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
 
     run_jobs([((seed, 0), lambda push, seed=seed: main_run(seed, push)) for seed in args.seeds], args.jobs,
              failures)

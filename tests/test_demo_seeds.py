@@ -25,6 +25,15 @@ def test_arm_flags(demo_seeds, tmp_path):
     assert demo_seeds.arm_args('paste_usual', tmp_path) == ['--cda_paste_context', 'usual']
     assert demo_seeds.arm_args('paste_foreign', tmp_path) == ['--cda_paste_context', 'foreign']
     assert demo_seeds.arm_args('cda_full', tmp_path) == ['--cda_schedule', 'full']
+    assert demo_seeds.arm_args('baseline_long', tmp_path, epochs=6) == ['--cam_num_epoches', 12]
+
+
+def test_cam_epochs_of_a_table_run(demo_seeds):
+    quick = [str(a) for a in demo_seeds.QUICK['seam']]
+    assert demo_seeds.cam_epochs('seam', ['--method', 'seam', *quick]) == 4
+    assert demo_seeds.cam_epochs('affinitynet', ['--cam_num_epoches', '6', '--cam_num_epoches', '3']) == 3
+    assert demo_seeds.cam_epochs('irn', []) == 8                          # the demo profile's own
+    assert demo_seeds.cam_epochs('irn', ['--profile', 'demo', '--profile', 'smoke']) == 1
 
 
 def _summary(base_cam: float, cam: float) -> dict:
@@ -63,12 +72,15 @@ def test_resnet38_tables_add_the_full_schedule_arm_and_its_pair_with_cda(demo_se
         results.add(seed, 'baseline', _summary(base, None))
         for arm, gain in (('cda', -0.02), ('cda_oracle', 0.0), ('paste_usual', 0.0), ('paste_foreign', 0.0),
                           ('cda_full', 0.01 + seed / 100)):
-            results.add(seed, arm, _summary(base, base + gain))
+            results.add(seed, arm, _summary(-1.0, base + gain))
+        results.add(seed, 'baseline_long', _summary(base + 0.02, None))     # a run without CDA: its baseline
     assert results.complete_seeds() == [0, 1]
     table = results.comparisons()
     assert table['cda_full - cda']['cam_miou']['mean'] == pytest.approx(0.035)
     assert table['cda_full - baseline']['cam_miou']['mean'] == pytest.approx(0.015)
     assert '| cda_full - cda | +3.5 ± 0.7' in (tmp_path / 'results.md').read_text()
+    assert table['baseline_long - baseline']['cam_miou']['mean'] == pytest.approx(0.02)
+    assert table['cda_full - baseline_long']['cam_miou']['mean'] == pytest.approx(-0.005)
     irn = demo_seeds.Results(tmp_path / 'irn', [0], 'header')       # IRNet's table keeps its four arms
     assert 'cda_full - cda' not in irn.comparisons() and 'cda_full' not in irn.arms
 
@@ -107,3 +119,20 @@ def test_tuning_seeds_must_not_be_table_seeds(demo_seeds, capsys):
     with pytest.raises(SystemExit):
         demo_seeds.main(['--seeds', '0', '1', '--tune_seeds', '1', '2'])
     assert 'must not overlap' in capsys.readouterr().err
+
+
+def test_resume_keeps_the_recorded_runs_of_the_same_settings(demo_seeds, tmp_path):
+    first = demo_seeds.Results(tmp_path, [0, 1], 'header', ('cda', 'cda_full'))
+    first.add(0, 'baseline', _summary(0.30, None))
+    first.add(0, 'cda', _summary(-1.0, 0.28))
+    first.add(0, 'cda_full', _summary(-1.0, 0.35))
+    first.add(1, 'baseline', _summary(0.20, None))               # seed 1 unfinished
+    first.write()
+    again = demo_seeds.Results(tmp_path, [0, 1], 'header', ('cda', 'cda_full', 'baseline_long'))
+    again.resume()
+    assert set(again.figures[0]) == {'baseline', 'cda', 'cda_full'} and set(again.figures[1]) == {'baseline'}
+    assert again.figures[0]['cda_full']['cam_miou'] == 0.35 and again.seconds[0]['cda'] == 10.0
+    assert again.complete_seeds() == []                        # baseline_long still to run
+    other = demo_seeds.Results(tmp_path, [0], 'other header', ('cda',))
+    with pytest.raises(SystemExit, match='other settings'):
+        other.resume()
