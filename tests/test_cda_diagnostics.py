@@ -1,23 +1,17 @@
 """benchmarks/cda_diagnostics.py: the bank's figures against the ground truth, and the pairs' crop survival."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import importlib
 
 import numpy as np
 import pytest
 
 from misc.imutils import save_label_png
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope='module')
 def diagnostics():
-    spec = importlib.util.spec_from_file_location('cda_diagnostics', ROOT / 'benchmarks' / 'cda_diagnostics.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module('benchmarks.cda_diagnostics')
 
 
 def test_bank_figures_against_the_ground_truth(diagnostics, tmp_path):

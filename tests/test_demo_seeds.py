@@ -1,21 +1,15 @@
 """benchmarks/demo_seeds.py: the arms' flags and the paired table, on made-up run summaries."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def demo_seeds():
-    spec = importlib.util.spec_from_file_location('demo_seeds', ROOT / 'benchmarks' / 'demo_seeds.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module('benchmarks.demo_seeds')
 
 
 def test_arm_flags(demo_seeds, tmp_path):

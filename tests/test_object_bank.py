@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,6 @@ from step.make_object_bank import extract_object
 from voc12 import dataloader
 from voc12.classes import CAT_LIST
 from voc12.synthetic import generate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _image(height: int = 10, width: int = 10, seed: int = 0) -> np.ndarray:
@@ -227,9 +224,7 @@ def test_load_missing_or_empty_bank(tmp_path):
 def test_oracle_bank_of_demo_seeds_is_cut_from_the_ground_truth(tmp_path):
     """benchmarks/demo_seeds.py's oracle arm: the bank holds exactly the train list's ground-truth objects
     that pass the filter, each with the ground truth's class and mask (the shift split is never read)."""
-    spec = importlib.util.spec_from_file_location('demo_seeds', ROOT / 'benchmarks' / 'demo_seeds.py')
-    demo_seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo_seeds)
+    demo_seeds = importlib.import_module('benchmarks.demo_seeds')
     work_dir = tmp_path / 'work'
     root = generate(work_dir / 'synthetic_voc', n_train=24, n_val=4, size=64, seed=3, n_shift=4)
     source = demo_seeds.oracle_bank_source(work_dir)
