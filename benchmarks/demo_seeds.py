@@ -101,6 +101,11 @@ QUICK = {  # fewer epochs of each method's own training steps (its demo profile 
 }
 
 
+def arm_figures(arm: str, summary: dict) -> dict:
+    """The figures of `arm` in its run's summary: the baseline pass's for BASELINE_ARMS, else the CDA pass's."""
+    return summary['baseline' if arm in BASELINE_ARMS else 'cda']
+
+
 def run_sample(work_dir: Path, args: list, threads: int, log_name: Optional[str] = None) -> dict:
     """One run_sample.py process; its metrics/summary.json with the wall time added."""
     command = [sys.executable, str(ROOT / 'run_sample.py'), '--work_dir', str(work_dir), *map(str, args)]
@@ -233,7 +238,7 @@ class Results:
 
     def add(self, seed: int, arm: str, summary: dict) -> None:
         with self.lock:
-            self.figures[seed][arm] = summary['baseline' if arm in BASELINE_ARMS else 'cda']
+            self.figures[seed][arm] = arm_figures(arm, summary)
             self.seconds[seed][arm] = summary['wall_seconds']
             if all(a in self.figures[seed] for a in ('baseline', *self.arms)):
                 self.write()
@@ -425,8 +430,7 @@ def main(argv: Optional[list] = None) -> int:
             copy_baseline(base_dir, arm_dir)
             summary = run_sample(arm_dir, ['--cda_only', '--seed', seed, *common, *flags], threads)
         results.add(seed, arm, summary)
-        figures = summary['baseline' if arm in BASELINE_ARMS else 'cda']
-        print(f'seed {seed} {arm}: CAM {100 * figures["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
+        print(f'seed {seed} {arm}: CAM {100 * arm_figures(arm, summary)["cam_miou"]:.1f} ({summary["wall_seconds"]:.0f} s)', flush=True)
 
     run_jobs([((seed, 0), lambda push, seed=seed: main_run(seed, push)) for seed in args.seeds], args.jobs,
              failures)
