@@ -19,6 +19,10 @@ the baseline pass left: IRNet's table in docs/demo.md was measured so.)
   baseline_long  no CDA: the baseline pass alone with twice the CAM epochs, as many CAM steps as
                  `cda_full` takes (a CDA step holds B/2 originals); `cda_full - baseline_long` then
                  compares CDA with training as long (default arm for affinitynet and seam)
+  pasted_cls_only  SEAM only: CDA with the pasted images through the full-size branch and the
+                 classification loss only, the originals through both branches and every loss
+                 (`--no-cda_seam_equivariance`); `pasted_cls_only - cda` is the equivariance branch's
+                 share of the effect (default arm for seam)
 
 `--arms` picks among them ('cda' always runs). IRNet's default is the
 first four, the arms of the README's table. `--resume` keeps the runs that <out>/results.json records
@@ -74,11 +78,12 @@ import numpy as np  # noqa: E402
 from misc.metrics import paired_difference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_ARMS = ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign', 'cda_full', 'baseline_long')
+ALL_ARMS = ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign', 'cda_full', 'baseline_long', 'pasted_cls_only')
 BASELINE_ARMS = ('baseline', 'baseline_long')    # runs without a CDA pass: their figures are the baseline's
+METHOD_ONLY_ARMS = {'pasted_cls_only': 'seam'}   # arms that change one method's own training
 DEFAULT_ARMS = {  # IRNet's table (README) was measured before cda_full existed
     'irn': ('cda', 'cda_oracle', 'paste_usual', 'paste_foreign'),
-    'affinitynet': ALL_ARMS,
+    'affinitynet': tuple(a for a in ALL_ARMS if METHOD_ONLY_ARMS.get(a, 'affinitynet') == 'affinitynet'),
     'seam': ALL_ARMS,
 }
 FIGURES = (  # (summary key, column title, higher is better)
@@ -143,6 +148,8 @@ def arm_args(arm: str, arm_dir: Path, epochs: int = 0) -> list:
         return ['--cda_bank_source', oracle_bank_source(arm_dir)]
     if arm == 'cda_full':
         return ['--cda_schedule', 'full']
+    if arm == 'pasted_cls_only':
+        return ['--no-cda_seam_equivariance']
     return ['--cda_paste_context', arm.removeprefix('paste_')]
 
 
@@ -273,6 +280,8 @@ class Results:
             pairs.append(('cda_full - cda', 'cda_full', 'cda'))
         if {'cda_full', 'baseline_long'} <= set(self.arms):      # CDA against training as long without it
             pairs.append(('cda_full - baseline_long', 'cda_full', 'baseline_long'))
+        if 'pasted_cls_only' in self.arms:      # the pasted images' share through SEAM's equivariance branch
+            pairs.append(('pasted_cls_only - cda', 'pasted_cls_only', 'cda'))
         return {name: {key: paired_difference(self.values(a, key), self.values(b, key)) for key, _, _ in FIGURES}
                 for name, a, b in pairs}
 
@@ -388,6 +397,9 @@ def main(argv: Optional[list] = None) -> int:
     if set(args.tune_seeds) & set(args.seeds):
         parser.error('--tune_seeds must not overlap --seeds: the table would be scored on the seeds it was tuned on')
     arms = ('cda', *[a for a in ALL_ARMS if a != 'cda' and a in (args.arms or DEFAULT_ARMS[args.method])])
+    for arm in arms:
+        if METHOD_ONLY_ARMS.get(arm, args.method) != args.method:
+            parser.error(f'arm {arm} is for --method {METHOD_ONLY_ARMS[arm]} only')
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     common = ['--method', args.method, '--profile', 'demo', '--context_bias', args.context_bias,
               '--num_workers', min(threads, 4), *NO_INSTANCES, *(QUICK[args.method] if args.quick else ()),

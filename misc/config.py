@@ -136,6 +136,8 @@ class Config:
     seam_scale: float = 0.3                   # the second branch's downscale (the equivariance transform)
     seam_ecr_ratio: float = 0.2               # share of the hardest entries the ECR loss averages
     seam_min_pool: bool = True                # the reference code's adaptive min-pooling loss (not in the paper)
+    cda_seam_equivariance: bool = True        # CDA pass: the pasted images also go through the downscaled branch
+                                              # and every SEAM loss; false: the full-size branch, classification only
     # ---- CDA
     cda_bank_source: Optional[Path] = None
     cda_min_fg_ratio: float = 0.1
@@ -457,6 +459,9 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
                    '(default 0.2)')
     g.add_argument('--seam_min_pool', action=_BoolFlag, help='the reference code\'s adaptive min-pooling '
                    'loss, not in the paper (default true; --no-seam_min_pool drops it)')
+    g.add_argument('--cda_seam_equivariance', action=_BoolFlag, help='CDA pass: the pasted images go through '
+                   'both branches and every SEAM loss, as the originals (default true; '
+                   '--no-cda_seam_equivariance: the full-size branch and the classification loss only)')
 
     g = p.add_argument_group('CDA')
     g.add_argument('--cda', action=_BoolFlag, help='baseline, object bank, then the CDA pass')

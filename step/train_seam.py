@@ -4,7 +4,11 @@ Each batch of crops goes through the network at full size and downscaled by `--s
 align_corners=True, as the reference); `misc.seam_losses.seam_losses` gives classification (+ the
 adaptive min-pooling term unless `--seam_min_pool false`), equivariant regularisation and equivariant
 cross regularisation with top-`--seam_ecr_ratio` hard mining, weights 1. With CDA the B/2 images and
-their B/2 pasted versions form one batch that goes through both branches and every loss.
+their B/2 pasted versions form one batch that goes through both branches and every loss (the CDA
+authors released no SEAM code: this is the project's choice). `--no-cda_seam_equivariance` sends the
+pasted half through the full-size branch only, with the classification loss alone, and the originals
+through everything: the loss is then (SEAM's loss of the originals + the pasted half's classification) / 2,
+what one batch's means give when every term is per image.
 
 The loop, datasets, schedule, checkpoints, `--resume` and DDP are `step.train_cam`'s. Both branches run
 inside one module call (`TwoBranches`), so DDP sees one forward per backward. Like the reference, there
@@ -12,8 +16,11 @@ is no validation pass.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from misc import torchutils
 from misc.config import Config
@@ -23,7 +30,8 @@ from step import train_cam
 def settings(cfg: Config) -> tuple[str, ...]:
     """train_cam's (SEAM has no validation list) and SEAM's loss options."""
     shared = tuple(name for name in train_cam.settings(cfg) if name != 'val_list')
-    return shared + ('seam_scale', 'seam_ecr_ratio', 'seam_min_pool')
+    cda = ('cda_seam_equivariance',) if cfg.stage == 'cda' else ()
+    return shared + ('seam_scale', 'seam_ecr_ratio', 'seam_min_pool') + cda
 
 
 reads = train_cam.reads
@@ -32,26 +40,42 @@ outputs = train_cam.outputs
 
 class TwoBranches(nn.Module):
     """The SEAM network run on a batch and on the batch downscaled by `scale`:
-    img (N, 3, H, W) -> (cam1, cam_rv1 (N, K + 1, H, W), cam2, cam_rv2 (N, K + 1, h, w)), h = floor(H * scale),
-    K the dataset's class count (21 channels on VOC, 81 on COCO)."""
+    img (N, 3, H, W) -> (cam1, cam_rv1 (N, K + 1, H, W), cam2, cam_rv2 (n, K + 1, h, w)), h = floor(H * scale),
+    K the dataset's class count (21 channels on VOC, 81 on COCO); the downscaled branch sees the first
+    `n = downscaled` images (all by default)."""
 
     def __init__(self, net: nn.Module, scale: float):
         super().__init__()
         self.net, self.scale = net, scale
 
-    def forward(self, img: torch.Tensor):
+    def forward(self, img: torch.Tensor, downscaled: Optional[int] = None):
         cam1, cam_rv1 = self.net(img)
-        cam2, cam_rv2 = self.net(downscale(img, self.scale))
+        cam2, cam_rv2 = self.net(downscale(img[:downscaled], self.scale))
         return cam1, cam_rv1, cam2, cam_rv2
 
 
 def seam_step_loss(model: nn.Module, img: torch.Tensor, label: torch.Tensor, cfg: Config):
-    """(loss, parts) of one batch; `model` is a TwoBranches (or its DDP wrapper)."""
+    """(loss, parts) of one batch; `model` is a TwoBranches (or its DDP wrapper). A CDA batch under
+    `--no-cda_seam_equivariance` is split into its originals (first half) and pasted versions."""
+    originals = img.shape[0] // 2 if cfg.stage == 'cda' and not cfg.cda_seam_equivariance else None
     with torchutils.autocast(img.device, cfg.amp):
-        cam1, cam_rv1, cam2, cam_rv2 = model(img)
-    losses = seam_losses(cam1.float(), cam_rv1.float(), cam2.float(), cam_rv2.float(), label,
+        cam1, cam_rv1, cam2, cam_rv2 = model(img) if originals is None else model(img, originals)
+    cam1, cam_rv1, cam2, cam_rv2 = cam1.float(), cam_rv1.float(), cam2.float(), cam_rv2.float()
+    if originals is None:
+        losses = seam_losses(cam1, cam_rv1, cam2, cam_rv2, label,
+                             scale=cfg.seam_scale, ecr_ratio=cfg.seam_ecr_ratio, min_pool=cfg.seam_min_pool)
+        return losses['loss'], {k: losses[k].item() for k in ('cls', 'er', 'ecr')}
+    return pasted_classification_only(cam1, cam_rv1, cam2, cam_rv2, label, originals, cfg)
+
+
+def pasted_classification_only(cam1, cam_rv1, cam2, cam_rv2, label: torch.Tensor, originals: int, cfg: Config):
+    """(loss, parts) when only the first `originals` images went through the downscaled branch: SEAM's
+    losses of those, and the classification loss of the others' full-size GAP, averaged as halves."""
+    losses = seam_losses(cam1[:originals], cam_rv1[:originals], cam2, cam_rv2, label[:originals],
                          scale=cfg.seam_scale, ecr_ratio=cfg.seam_ecr_ratio, min_pool=cfg.seam_min_pool)
-    return losses['loss'], {k: losses[k].item() for k in ('cls', 'er', 'ecr')}
+    pasted = F.multilabel_soft_margin_loss(cam1[originals:].mean(dim=(2, 3))[:, 1:], label[originals:])
+    parts = {'cls': (losses['cls'] + pasted) / 2, 'er': losses['er'] / 2, 'ecr': losses['ecr'] / 2}
+    return (losses['loss'] + pasted) / 2, {k: v.item() for k, v in parts.items()}
 
 
 def run(cfg: Config) -> dict:

@@ -19,6 +19,7 @@ def test_arm_flags(demo_seeds, tmp_path):
     assert demo_seeds.arm_args('paste_usual', tmp_path) == ['--cda_paste_context', 'usual']
     assert demo_seeds.arm_args('paste_foreign', tmp_path) == ['--cda_paste_context', 'foreign']
     assert demo_seeds.arm_args('cda_full', tmp_path) == ['--cda_schedule', 'full']
+    assert demo_seeds.arm_args('pasted_cls_only', tmp_path) == ['--no-cda_seam_equivariance']
     assert demo_seeds.arm_args('baseline_long', tmp_path, epochs=6) == ['--cam_num_epoches', 12]
 
 
@@ -65,7 +66,7 @@ def test_resnet38_tables_add_the_full_schedule_arm_and_its_pair_with_cda(demo_se
     for seed, base in ((0, 0.30), (1, 0.20)):
         results.add(seed, 'baseline', _summary(base, None))
         for arm, gain in (('cda', -0.02), ('cda_oracle', 0.0), ('paste_usual', 0.0), ('paste_foreign', 0.0),
-                          ('cda_full', 0.01 + seed / 100)):
+                          ('cda_full', 0.01 + seed / 100), ('pasted_cls_only', 0.03)):
             results.add(seed, arm, _summary(-1.0, base + gain))
         results.add(seed, 'baseline_long', _summary(base + 0.02, None))     # a run without CDA: its baseline
     assert results.complete_seeds() == [0, 1]
@@ -75,6 +76,8 @@ def test_resnet38_tables_add_the_full_schedule_arm_and_its_pair_with_cda(demo_se
     assert '| cda_full - cda | +3.5 ± 0.7' in (tmp_path / 'results.md').read_text()
     assert table['baseline_long - baseline']['cam_miou']['mean'] == pytest.approx(0.02)
     assert table['cda_full - baseline_long']['cam_miou']['mean'] == pytest.approx(-0.005)
+    assert table['pasted_cls_only - cda']['cam_miou']['mean'] == pytest.approx(0.05)
+    assert 'pasted_cls_only' not in demo_seeds.DEFAULT_ARMS['affinitynet']
     irn = demo_seeds.Results(tmp_path / 'irn', [0], 'header')       # IRNet's table keeps its four arms
     assert 'cda_full - cda' not in irn.comparisons() and 'cda_full' not in irn.arms
 
@@ -130,3 +133,9 @@ def test_resume_keeps_the_recorded_runs_of_the_same_settings(demo_seeds, tmp_pat
     other = demo_seeds.Results(tmp_path, [0], 'other header', ('cda',))
     with pytest.raises(SystemExit, match='other settings'):
         other.resume()
+
+
+def test_a_method_only_arm_is_refused_for_another_method(demo_seeds, capsys):
+    with pytest.raises(SystemExit):
+        demo_seeds.main(['--method', 'affinitynet', '--arms', 'pasted_cls_only', '--seeds', '0'])
+    assert 'pasted_cls_only is for --method seam only' in capsys.readouterr().err

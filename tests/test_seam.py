@@ -1,6 +1,7 @@
 """SEAM: the PCM, the loss helpers on hand values, gradient routing, one training step, resume, and DDP."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from misc import torchutils                                              # noqa: E402
+from misc.config import with_stage                                      # noqa: E402
 from step.registry import parse_config                                      # noqa: E402
 from misc.seam_losses import adaptive_min_pooling_loss, max_norm, max_onehot, seam_losses   # noqa: E402
 from net.resnet38_seam import Net, pcm_input_scores, pixel_correlation    # noqa: E402
@@ -203,6 +205,36 @@ def test_cda_batches_go_through_both_branches_and_every_loss(monkeypatch) -> Non
     assert stats['images'] == 4
     assert len(seen) == 1 and seen[0][:2] == (4, 4)
     assert torch.equal(seen[0][2], torch.cat([label, aug_label]))
+
+
+def test_without_cda_equivariance_pasted_images_get_the_classification_loss_only(monkeypatch) -> None:
+    """--no-cda_seam_equivariance: the downscaled branch and SEAM's losses see the originals only; the pasted
+    half adds its full-size classification loss, the two halves averaged."""
+    net = tiny_net().eval()          # fixed BN statistics: an image's outputs do not depend on its batch
+    generator = torch.Generator().manual_seed(3)
+    img = torch.randn(2, 3, 48, 48, generator=generator)
+    label = torch.zeros(2, 20)
+    label[0, [2, 11]] = label[1, 5] = 1
+    model = train_seam.TwoBranches(net, 0.3)
+    cfg = with_stage(parse_config(['--method', 'seam', '--profile', 'smoke']), 'cda')
+    both, _ = train_seam.seam_step_loss(model, torch.cat([img, img]), torch.cat([label, label]), cfg)
+    alone = seam_losses(*model(img), label)
+    torch.testing.assert_close(both, alone['loss'])     # a batch of two identical halves: the halves' mean
+    seen = []
+    real = train_seam.seam_losses
+
+    def spy(cam1, cam_rv1, cam2, cam_rv2, labels, **kwargs):
+        seen.append((cam1.shape[0], cam2.shape[0]))
+        return real(cam1, cam_rv1, cam2, cam_rv2, labels, **kwargs)
+    monkeypatch.setattr(train_seam, 'seam_losses', spy)
+    cfg = dataclasses.replace(cfg, cda_seam_equivariance=False)
+    loss, parts = train_seam.seam_step_loss(model, torch.cat([img, img]), torch.cat([label, label]), cfg)
+    assert seen == [(2, 2)]
+    torch.testing.assert_close(loss, (alone['loss'] + alone['cls1']) / 2)
+    assert parts['cls'] + parts['er'] + parts['ecr'] == pytest.approx(loss.item())
+    baseline = parse_config(['--method', 'seam', '--profile', 'smoke', '--no-cda_seam_equivariance'])
+    assert 'cda_seam_equivariance' not in train_seam.settings(baseline)
+    assert 'cda_seam_equivariance' in train_seam.settings(cfg)
 
 
 def test_seam_normalize_quirks() -> None:
