@@ -11,7 +11,8 @@ import pytest
 
 from coco14 import annotations as coco_ann
 from coco14 import dataset as coco_dataset
-from coco14.synthetic import CATEGORIES, coco_classes, generate
+from coco14 import synthetic as coco_synthetic
+from coco14.synthetic import CATEGORIES, coco_classes, drawn_categories, generate
 from misc import imutils
 
 DIGESTS = Path(__file__).parent / 'data' / 'voc_fingerprint_digests.json'
@@ -73,6 +74,38 @@ def test_synthetic_coco_has_80_classes_each_drawn_apart_with_a_usual_scene():
     assert len(set(zip(classes.shape, classes.texture, classes.hue))) == 80
     assert len(set(classes.usual_scene)) == 6
     assert [c[0] for c in CATEGORIES] == sorted(c[0] for c in CATEGORIES) and CATEGORIES[-1][0] == 90
+
+
+def test_a_synthetic_coco_of_40_classes_draws_every_other_category_in_all_six_scenes(synthetic_coco, tmp_path):
+    drawn = drawn_categories(40)
+    assert drawn == tuple(range(0, 80, 2))
+    classes, full = coco_classes(drawn), coco_classes()
+    assert classes.count == 40 and len(set(classes.usual_scene)) == 6
+    for k, c in enumerate(drawn):       # a category is drawn alike whatever else is drawn
+        assert (classes.names[k], classes.shape[k], classes.texture[k], classes.hue[k]) == \
+            (full.names[c], full.shape[c], full.texture[c], full.hue[c])
+    assert all(classes.names[p] in dict(coco_synthetic._COMPANIONS).get(classes.names[k], ())
+               for k, partners in classes.co_occur.items() for p in partners)
+    with pytest.raises(ValueError):
+        drawn_categories(0)
+    root = generate(tmp_path / 'forty', n_train=30, n_val=6, size=64, seed=0, n_classes=40)
+    train = json.loads((root / 'annotations' / 'instances_train2014.json').read_text())
+    assert len(train['categories']) == 80
+    used = {a['category_id'] for a in train['annotations']}
+    assert used <= {CATEGORIES[c][0] for c in drawn} and len(used) > 10
+    # the default (80 classes) writes what it wrote before the option existed
+    assert 'n_classes' not in json.loads((synthetic_coco / 'synthetic.json').read_text())
+
+
+def test_synthetic_n_classes_is_for_the_synthetic_coco_only():
+    from step import registry
+    demo = registry.parse_config(['--dataset', 'coco14', '--profile', 'demo', '--work_dir', '/tmp/none'])
+    assert demo.synthetic_n_classes == 40 and demo.cam_learning_rate == 0.4
+    assert registry.parse_config(['--profile', 'demo', '--work_dir', '/tmp/none']).cam_learning_rate == 0.1
+    with pytest.raises(SystemExit):
+        registry.parse_config(['--n_classes', '10', '--work_dir', '/tmp/none'])
+    with pytest.raises(SystemExit):
+        registry.parse_config(['--dataset', 'coco14', '--n_classes', '81', '--work_dir', '/tmp/none'])
 
 
 def test_the_view_reads_the_synthetic_coco_as_pycocotools_does(synthetic_coco, tmp_path):
