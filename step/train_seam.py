@@ -28,9 +28,10 @@ from misc.seam_losses import downscale, seam_losses
 from step import train_cam
 
 def settings(cfg: Config) -> tuple[str, ...]:
-    """train_cam's (SEAM has no validation list) and SEAM's loss options."""
+    """train_cam's (SEAM has no validation list), SEAM's loss options and, off, --cda_seam_equivariance."""
     shared = tuple(name for name in train_cam.settings(cfg) if name != 'val_list')
-    cda = ('cda_seam_equivariance',) if cfg.stage == 'cda' else ()
+    # listed only when off, so that work dirs made before the option keep their fingerprints
+    cda = ('cda_seam_equivariance',) if cfg.stage == 'cda' and not cfg.cda_seam_equivariance else ()
     return shared + ('seam_scale', 'seam_ecr_ratio', 'seam_min_pool') + cda
 
 

@@ -235,6 +235,7 @@ def test_without_cda_equivariance_pasted_images_get_the_classification_loss_only
     baseline = parse_config(['--method', 'seam', '--profile', 'smoke', '--no-cda_seam_equivariance'])
     assert 'cda_seam_equivariance' not in train_seam.settings(baseline)
     assert 'cda_seam_equivariance' in train_seam.settings(cfg)
+    assert 'cda_seam_equivariance' not in train_seam.settings(dataclasses.replace(cfg, cda_seam_equivariance=True))
 
 
 def test_seam_normalize_quirks() -> None:
