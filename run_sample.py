@@ -88,13 +88,13 @@ def prepare_coco(cfg: Config) -> None:
     from coco14 import dataset as coco_dataset
     if torchutils.is_main_process():
         if cfg.coco_root is None:
-            from coco14.synthetic import generate
+            from coco14.synthetic import CATEGORIES, generate
+            n_classes = cfg.synthetic_n_classes or len(CATEGORIES)
             logger.info('no --coco_root: using a synthetic COCO-format dataset (%d train, %d val, %d px, %d of the '
                         '80 classes, context bias %.2f) in %s', cfg.synthetic_n_train, cfg.synthetic_n_val,
-                        cfg.synthetic_size, cfg.synthetic_n_classes or 80, cfg.context_bias, cfg.coco_source)
+                        cfg.synthetic_size, n_classes, cfg.context_bias, cfg.coco_source)
             generate(cfg.coco_source, n_train=cfg.synthetic_n_train, n_val=cfg.synthetic_n_val,
-                     size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed,
-                     n_classes=cfg.synthetic_n_classes or 80)
+                     size=cfg.synthetic_size, context_bias=cfg.context_bias, seed=cfg.seed, n_classes=n_classes)
         else:
             coco_dataset.check_coco_root(cfg.coco_root)
         from step.common import run_in_workers

@@ -72,6 +72,11 @@ def downscale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=True)
 
 
+def classification_loss(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multilabel soft-margin loss of one branch: GAP over the map at its input size, background channel left out."""
+    return F.multilabel_soft_margin_loss(cam.mean(dim=(2, 3))[:, 1:], labels)
+
+
 def seam_losses(cam1: torch.Tensor, cam_rv1: torch.Tensor, cam2: torch.Tensor, cam_rv2: torch.Tensor,
                 labels: torch.Tensor, scale: float = 0.3, ecr_ratio: float = 0.2,
                 min_pool: bool = True) -> dict[str, torch.Tensor]:
@@ -85,9 +90,8 @@ def seam_losses(cam1: torch.Tensor, cam_rv1: torch.Tensor, cam2: torch.Tensor, c
     labels = labels.to(cam1.dtype)
     y = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1)[..., None, None]   # (N, 21, 1, 1)
 
-    # classification: GAP over the map at the input size, background channel left out
-    cls1 = F.multilabel_soft_margin_loss(cam1.mean(dim=(2, 3))[:, 1:], labels)
-    cls2 = F.multilabel_soft_margin_loss(cam2.mean(dim=(2, 3))[:, 1:], labels)
+    cls1 = classification_loss(cam1, labels)
+    cls2 = classification_loss(cam2, labels)
     # adaptive min-pooling on the raw PCM outputs, image's classes only
     rvmin1 = adaptive_min_pooling_loss((cam_rv1 * y)[:, 1:])
     rvmin2 = adaptive_min_pooling_loss((cam_rv2 * y)[:, 1:])

@@ -20,19 +20,23 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from misc import torchutils
 from misc.config import Config
-from misc.seam_losses import downscale, seam_losses
+from misc.seam_losses import classification_loss, downscale, seam_losses
 from step import train_cam
 
 def settings(cfg: Config) -> tuple[str, ...]:
     """train_cam's (SEAM has no validation list), SEAM's loss options and, off, --cda_seam_equivariance."""
     shared = tuple(name for name in train_cam.settings(cfg) if name != 'val_list')
     # listed only when off, so that work dirs made before the option keep their fingerprints
-    cda = ('cda_seam_equivariance',) if cfg.stage == 'cda' and not cfg.cda_seam_equivariance else ()
+    cda = ('cda_seam_equivariance',) if pasted_classification_only(cfg) else ()
     return shared + ('seam_scale', 'seam_ecr_ratio', 'seam_min_pool') + cda
+
+
+def pasted_classification_only(cfg: Config) -> bool:
+    """A CDA pass whose pasted images skip the downscaled branch (`--no-cda_seam_equivariance`)."""
+    return cfg.stage == 'cda' and not cfg.cda_seam_equivariance
 
 
 reads = train_cam.reads
@@ -58,7 +62,7 @@ class TwoBranches(nn.Module):
 def seam_step_loss(model: nn.Module, img: torch.Tensor, label: torch.Tensor, cfg: Config):
     """(loss, parts) of one batch; `model` is a TwoBranches (or its DDP wrapper). A CDA batch under
     `--no-cda_seam_equivariance` is split into its originals (first half) and pasted versions."""
-    originals = img.shape[0] // 2 if cfg.stage == 'cda' and not cfg.cda_seam_equivariance else None
+    originals = img.shape[0] // 2 if pasted_classification_only(cfg) else None
     with torchutils.autocast(img.device, cfg.amp):
         cam1, cam_rv1, cam2, cam_rv2 = model(img) if originals is None else model(img, originals)
     cam1, cam_rv1, cam2, cam_rv2 = cam1.float(), cam_rv1.float(), cam2.float(), cam_rv2.float()
@@ -66,15 +70,16 @@ def seam_step_loss(model: nn.Module, img: torch.Tensor, label: torch.Tensor, cfg
         losses = seam_losses(cam1, cam_rv1, cam2, cam_rv2, label,
                              scale=cfg.seam_scale, ecr_ratio=cfg.seam_ecr_ratio, min_pool=cfg.seam_min_pool)
         return losses['loss'], {k: losses[k].item() for k in ('cls', 'er', 'ecr')}
-    return pasted_classification_only(cam1, cam_rv1, cam2, cam_rv2, label, originals, cfg)
+    return losses_with_pasted_classification_only(cam1, cam_rv1, cam2, cam_rv2, label, originals, cfg)
 
 
-def pasted_classification_only(cam1, cam_rv1, cam2, cam_rv2, label: torch.Tensor, originals: int, cfg: Config):
+def losses_with_pasted_classification_only(cam1, cam_rv1, cam2, cam_rv2, label: torch.Tensor, originals: int,
+                                            cfg: Config):
     """(loss, parts) when only the first `originals` images went through the downscaled branch: SEAM's
     losses of those, and the classification loss of the others' full-size GAP, averaged as halves."""
     losses = seam_losses(cam1[:originals], cam_rv1[:originals], cam2, cam_rv2, label[:originals],
                          scale=cfg.seam_scale, ecr_ratio=cfg.seam_ecr_ratio, min_pool=cfg.seam_min_pool)
-    pasted = F.multilabel_soft_margin_loss(cam1[originals:].mean(dim=(2, 3))[:, 1:], label[originals:])
+    pasted = classification_loss(cam1[originals:], label[originals:])
     parts = {'cls': (losses['cls'] + pasted) / 2, 'er': losses['er'] / 2, 'ecr': losses['ecr'] / 2}
     return (losses['loss'] + pasted) / 2, {k: v.item() for k, v in parts.items()}
 
