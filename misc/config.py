@@ -80,6 +80,7 @@ class Config:
     progress: str = 'auto'                     # auto (bar on a terminal, log lines otherwise) | bar | log | off
     amp: bool = False
     channels_last: bool = False
+    augment_on_device: bool = True             # CUDA: training samples resized and jittered on the GPU (same pixels)
     pretrained: str = 'imagenet'               # imagenet | none | PATH to a torchvision state dict
     backbone: str = 'resnet50'                 # resnet50 (the paper) | resnet18 (CPU demo) | resnet38 (PSA, SEAM)
     backbone_width: float = 1.0                # ResNet-38 channel factor; below 1 only from scratch (CPU demo)
@@ -388,6 +389,9 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
                    'every 30 s (log, for cluster logs), or none; auto (default): bar on a terminal, log otherwise')
     g.add_argument('--amp', action=_BoolFlag, help='autocast on CUDA (bf16 where supported)')
     g.add_argument('--channels_last', action=_BoolFlag, help='channels_last memory format on CUDA')
+    g.add_argument('--augment_on_device', action=_BoolFlag, help='on CUDA, leave the training samples\' resize '
+                   'and colour jitter to the GPU, bit-identical to the loader workers\' (default on; '
+                   '--no-augment_on_device keeps them in the workers)')
     g.add_argument('--pretrained', type=str, help='imagenet (torchvision weights, cached), none '
                    '(from scratch, trainable BN), or PATH to a torchvision ResNet state dict')
     g.add_argument('--backbone', choices=('resnet50', 'resnet18', 'resnet38'), help='resnet50/resnet18 for irn, '

@@ -13,6 +13,12 @@ place of today's float32 (3, crop, crop) image and float32 (P, S) pair labels:
   'pair_label_map'  (h, w) uint8 label map (0 background, 1..20, 255 ignore) whose pixel pairs give
                     'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' (the dataset's `pair_labels`)
 
+A deferred sample (`dataset.deferred = True` as well, which `train_loader` sets on a GPU run) goes one step
+further: in place of 'img' it carries the decoded image 'img_src' and its draws 'img_recipe', 'img_jitter', and
+`to_device` renders the crop on the device first (misc/device_augment.py: Pillow's bicubic resize and
+torchvision's colour jitter reproduced bit for bit), so a worker only decodes. Such batches are collated by
+`collate` (the sources differ in size).
+
 `to_device(batch, device, pair_labels)` is the one call a training step makes on each batch: it moves the
 compact tensors (pinned by the loader) and expands them, and it passes batches of today's float samples
 through, moved, so the same loop runs either kind. Every operation is elementwise or a gather, so the
@@ -27,10 +33,22 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from misc.device_augment import render_batch
 from misc.imutils import IMAGENET_MEAN, IMAGENET_STD
 
 PAIR_LABEL_KEYS = ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')
 IMAGE_KEYS = ('img', 'aug_img')
+DEFERRED_SUFFIXES = ('_src', '_recipe', '_jitter')
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """default_collate, except that deferred sources ('img_src', 'aug_img_src': images of different sizes)
+    stay lists of tensors (the DataLoader pins each one)."""
+    from torch.utils.data import default_collate
+    sources = [key for key in samples[0] if key.endswith('_src')]
+    out = default_collate([{k: v for k, v in sample.items() if k not in sources} for sample in samples])
+    out.update({key: [sample[key] for sample in samples] for key in sources})
+    return out
 
 
 def _constant(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -175,11 +193,14 @@ def to_device(batch: dict, device: torch.device, pair_labels: Optional[PairLabel
     doc; `pair_labels` is the dataset's `pair_labels`); float batches are moved as they are. Other entries
     are left as they come. Returns a new dict.
     """
-    out = dict(batch)
+    out = {key: value for key, value in batch.items() if not key.endswith(DEFERRED_SUFFIXES)}
     for key in IMAGE_KEYS:
-        if key not in batch:
+        if f'{key}_src' in batch:
+            img = render_batch(batch[f'{key}_src'], batch[f'{key}_recipe'], batch.get(f'{key}_jitter'), device)
+        elif key in batch:
+            img = batch[key].to(device, non_blocking=True)
+        else:
             continue
-        img = batch[key].to(device, non_blocking=True)
         if img.dtype == torch.uint8:
             valid = batch.get(f'{key}_valid')
             img = expand_image(img, None if valid is None else valid.to(device, non_blocking=True), normalise)

@@ -103,12 +103,16 @@ def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=No
     `misc.device_input.to_device`; pinned memory where CUDA is present. Workers start anew every epoch, as
     before: kept across epochs (`persistent_workers`), they are not reseeded, and IRN's training on the demo
     then differs from the non-persistent run's. With workers, the main process is set to one OpenCV thread,
-    which its workers inherit."""
+    which its workers inherit. On a GPU (and with `--augment_on_device`, the default) the samples are deferred
+    as well: the workers decode and draw, and the device resizes, jitters and crops, bit for bit as they would."""
     world = torchutils.world_size()
     if global_batch % world:
         raise BadInputError(f'batch {global_batch} does not split over {world} processes; use a multiple')
     if compact and hasattr(dataset, 'compact'):
         dataset.compact = True
+        if hasattr(dataset, 'deferred') and cfg.augment_on_device and device_of(cfg).type == 'cuda':
+            dataset.deferred = True           # resize and colour jitter on the GPU (misc/device_augment.py)
+            collate_fn = collate_fn or device_input.collate
     if cfg.num_workers > 0:
         import cv2
         cv2.setNumThreads(1)     # before the workers fork (see init_train_worker); the main process makes no samples

@@ -107,23 +107,29 @@ def bank(synthetic_voc, tmp_path_factory) -> ObjectBank:
     return ObjectBank.load(cfg.object_bank_dir)
 
 
-def assert_same_samples(make, epochs=(0, 2)):
-    """Today's samples of `make()` equal the compact ones expanded on the CPU, for every index and epoch."""
-    today, compact = make(), make()
-    compact.compact = True
-    for epoch in epochs:
-        today.set_epoch(epoch)
-        compact.set_epoch(epoch)
-        for index in range(len(today)):
-            old = today[index]
-            new = compact[index]
-            assert new['img'].dtype == torch.uint8
-            new = device_input.to_device(default_collate([new]), CPU, getattr(compact, 'pair_labels', None))
-            for key, value in old.items():
-                if isinstance(value, torch.Tensor):
-                    assert new[key][0].dtype == value.dtype and torch.equal(new[key][0], value), (epoch, index, key)
+def assert_same_samples(make, epochs=(0, 2), modes=('compact', 'deferred')):
+    """Today's samples of `make()` equal the compact ones, and the deferred ones (rendered by the device's
+    resize and jitter), expanded on the CPU, for every index and epoch."""
+    for mode in modes:
+        today, compact = make(), make()
+        compact.compact, compact.deferred = True, mode == 'deferred'
+        for epoch in epochs:
+            today.set_epoch(epoch)
+            compact.set_epoch(epoch)
+            for index in range(len(today)):
+                old = today[index]
+                new = compact[index]
+                if mode == 'deferred' and 'img_src' in new:
+                    assert 'img' not in new and new['img_src'].dtype == torch.uint8
                 else:
-                    assert new[key][0] == value, (epoch, index, key)
+                    assert new['img'].dtype == torch.uint8
+                new = device_input.to_device(device_input.collate([new]), CPU, getattr(compact, 'pair_labels', None))
+                for key, value in old.items():
+                    if isinstance(value, torch.Tensor):
+                        assert new[key][0].dtype == value.dtype and torch.equal(new[key][0], value), \
+                            (mode, epoch, index, key)
+                    else:
+                        assert new[key][0] == value, (mode, epoch, index, key)
 
 
 @pytest.mark.parametrize('crop, resize_long, jitter', [(64, (48, 80), None), (40, (48, 80), None),
@@ -225,6 +231,33 @@ def test_train_loader_goes_compact_with_workers_reseeded_each_epoch(synthetic_vo
     plain = common.train_loader(dataloader.ClassificationDataset(ids, synthetic_voc, labels), 4,
                                 Config(work_dir=tmp_path, voc12_root=synthetic_voc, num_workers=0), compact=False)
     assert not plain.dataset.compact and not plain.persistent_workers
+
+
+@pytest.mark.parametrize('augment_on_device', [True, False])
+def test_train_loader_defers_the_augmentation_to_a_gpu(synthetic_voc, ids_labels, tmp_path, monkeypatch,
+                                                       augment_on_device):
+    """On a CUDA run (device_of patched: this test runs anywhere) the workers send decoded images and their
+    draws, collated as lists, and to_device renders the same batches as the compact path's; with
+    --no-augment_on_device the samples stay compact."""
+    ids, labels = ids_labels
+    monkeypatch.setattr(common, 'device_of', lambda cfg: torch.device('cuda'))
+    cfg = Config(work_dir=tmp_path, voc12_root=synthetic_voc, num_workers=1, seed=5,
+                 augment_on_device=augment_on_device)
+    make = lambda: dataloader.ClassificationDataset(ids, synthetic_voc, labels, (48, 80), 64, seed=5,  # noqa: E731
+                                                    jitter=JITTER)
+    dataset, reference = make(), make()
+    loader = common.train_loader(dataset, 4, cfg)
+    assert dataset.compact and dataset.deferred == augment_on_device
+    reference.compact = True
+    order = list(loader.sampler)
+    for step, batch in enumerate(loader):
+        if augment_on_device:
+            assert isinstance(batch['img_src'], list) and 'img' not in batch
+        batch = device_input.to_device(batch, CPU)
+        expected = device_input.to_device(default_collate([reference[i] for i in order[step * 4:(step + 1) * 4]]),
+                                          CPU)
+        assert torch.equal(batch['img'], expected['img']), step
+        assert not any(key.endswith(device_input.DEFERRED_SUFFIXES) for key in batch)
 
 
 def test_worker_init_sets_one_opencv_thread():

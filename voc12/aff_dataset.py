@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from misc import imutils
+from misc.device_augment import encode_jitter, encode_recipe, mirrored_box
 from misc.device_input import PairLabels
+from misc.pil_color import jitter_parameters
 from misc.indexing import pair_indices
 from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded, color_jitter, color_jitter_image
 
@@ -78,19 +80,33 @@ class CrfAffinityDataset(_EpochSeeded):
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         image_id = self.ids[index]
-        if self.compact:
-            img = color_jitter_image(imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
+        if self.compact and self.deferred:
+            image = imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg')
+            order, factors = jitter_parameters(rng, COLOR_JITTER)       # color_jitter_image's draws
+        elif self.compact:
+            image = color_jitter_image(imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg'), rng,
+                                       COLOR_JITTER)
         else:
-            img = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
+            image = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
         la, ha = load_crf_maps(self.crf_dir / f'{image_id}.npz', None if self.compact else np.float32)
-        size = img.size[::-1] if self.compact else img.shape[:2]
+        size = image.size[::-1] if self.compact else image.shape[:2]
         if la.shape[1:] != size:
             raise imutils.BadInputError(f'{self.crf_dir / image_id}.npz: CRF maps are {la.shape[1:]} but the image '
                                         f'is {tuple(size)}; rerun the la/ha step with --overwrite')
         if self.compact:
-            return self._compact_sample(image_id, img, la, ha, rng)
+            box, flip, label = self._crop_label(la, ha, size, rng)
+            out = {'name': image_id, 'pair_label_map': torch.from_numpy(label)}
+            if self.deferred:          # jitter, crop, flip the crop == flip, jitter, crop with the box mirrored
+                width = image.size[0]
+                out.update(img_src=torch.from_numpy(np.array(image)),
+                           img_recipe=encode_recipe(image.size, flip, mirrored_box(box, width, self.crop_size)
+                                                    if flip else box, self.crop_size),
+                           img_jitter=encode_jitter(order, factors))
+            else:
+                out['img'] = torch.from_numpy(self._crop_image(image, box, flip))
+            return out
         maps = np.concatenate([la, ha]).transpose(1, 2, 0)                      # (H, W, 2(K + 1))
-        img, maps = imutils.random_crop([img, maps], self.crop_size, (0, 0.0), rng)
+        img, maps = imutils.random_crop([image, maps], self.crop_size, (0, 0.0), rng)
         img, maps = imutils.random_lr_flip([imutils.normalize(img), maps], rng)
         pooled = block_mean(np.ascontiguousarray(maps.transpose(2, 0, 1)))      # (2(K + 1), crop/8, crop/8)
         label = confident_label(pooled[:len(la)], pooled[len(la):])
@@ -98,22 +114,26 @@ class CrfAffinityDataset(_EpochSeeded):
         return {'name': image_id, 'img': torch.from_numpy(imutils.hwc_to_chw(img)),
                 'aff_bg_pos_label': bg_pos, 'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
 
-    def _compact_sample(self, image_id: str, image, la: np.ndarray, ha: np.ndarray,
-                        rng: np.random.Generator) -> dict:
-        """The old path's draws (crop box, then flip) on the jittered PIL image and the stored marginals."""
-        from PIL import Image
+    def _crop_label(self, la: np.ndarray, ha: np.ndarray, size: Sequence[int], rng: np.random.Generator) \
+            -> tuple[tuple[int, ...], bool, np.ndarray]:
+        """The old path's draws (crop box, then flip) and the (crop/8, crop/8) label map of the stored marginals."""
         crop = self.crop_size
-        box = imutils.random_crop_box(image.size[::-1], crop, rng)
+        box = imutils.random_crop_box(size, crop, rng)
         flip = rng.random() > 0.5                                              # imutils.random_lr_flip
         top, bottom, left, right = box[:4]
-        image = imutils.pil_crop(image, box, crop)                             # raw 0 padding, as apply_crop
         if flip:                       # the flipped canvas: the crop lands mirrored, its columns reversed
-            image, (left, right) = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (crop - right, crop - left)
-        img = np.array(image)
+            left, right = crop - right, crop - left
         maps = np.zeros((len(la) + len(ha), crop, crop), np.float32)      # (2(K + 1), crop, crop)
         for offset, stored in ((0, la), (len(la), ha)):
             region = stored[:, box[4]:box[5], box[6]:box[7]]
             maps[offset:offset + len(stored), top:bottom, left:right] = region[:, :, ::-1] if flip else region
         pooled = block_mean(maps)
-        label = confident_label(pooled[:len(la)], pooled[len(la):])
-        return {'name': image_id, 'img': torch.from_numpy(img), 'pair_label_map': torch.from_numpy(label)}
+        return box, flip, confident_label(pooled[:len(la)], pooled[len(la):])
+
+    def _crop_image(self, image, box: Sequence[int], flip: bool) -> np.ndarray:
+        """The jittered PIL image's (crop, crop, 3) uint8 crop (raw 0 padding, as apply_crop), flipped."""
+        from PIL import Image
+        image = imutils.pil_crop(image, box, self.crop_size)
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return np.array(image)

@@ -18,7 +18,7 @@ import torch
 
 from misc.cda import VARIANTS, ObjectBank, paste_object
 from voc12.classes import CAT_LIST
-from voc12.dataloader import ClassificationDataset, augment_for_cam, augment_for_cam_uint8
+from voc12.dataloader import ClassificationDataset, augment_for_cam, augment_for_cam_uint8, deferred_cam_sample
 
 logger = logging.getLogger(__name__)
 _warned_no_class = False
@@ -83,7 +83,13 @@ class CDAClassificationDataset(ClassificationDataset):
             aug_source, pasted = paste_object(original, obj_img, obj_mask, rng, **self.paste_options)
             aug_label[pasted_class] = 1.0
         out = {'name': image_id, 'label': torch.from_numpy(label)}
-        if self.compact:
+        if self.compact and self.deferred:
+            original_sample, _ = deferred_cam_sample(original, rng, self.resize_long, self.crop_size,
+                                                     jitter=self.jitter)
+            pasted_sample, visible = deferred_cam_sample(aug_source, rng, self.resize_long, self.crop_size,
+                                                         mask=pasted, jitter=self.jitter, prefix='aug_img')
+            out.update(original_sample, **pasted_sample)
+        elif self.compact:
             img, valid, _ = augment_for_cam_uint8(original, rng, self.resize_long, self.crop_size, jitter=self.jitter)
             aug_img, aug_valid, visible = augment_for_cam_uint8(aug_source, rng, self.resize_long, self.crop_size,
                                                                 mask=pasted, jitter=self.jitter)
@@ -94,7 +100,8 @@ class CDAClassificationDataset(ClassificationDataset):
                                                jitter=self.jitter)
         if pasted_class is not None and visible < self.min_visible:
             aug_label[pasted_class] = 0.0
-        out.update(img=torch.from_numpy(img), aug_img=torch.from_numpy(aug_img), aug_label=torch.from_numpy(aug_label),
-                   pasted_class=pasted_class if pasted_class is not None else -1,
+        if not (self.compact and self.deferred):
+            out.update(img=torch.from_numpy(img), aug_img=torch.from_numpy(aug_img))
+        out.update(aug_label=torch.from_numpy(aug_label), pasted_class=pasted_class if pasted_class is not None else -1,
                    pasted_visible=float(visible) if pasted_class is not None else 0.0)
         return out

@@ -273,9 +273,12 @@ class _EpochSeeded(Dataset):
     The epoch lives in a one-element tensor in shared memory, so `set_epoch` in the main process reaches
     DataLoader workers that persist across epochs (a plain attribute would stay at the value the workers
     were started with). `compact` switches the samples to their uint8 form (misc/device_input.py), which
-    the training step expands on its device; False (the default) gives today's float32 samples."""
+    the training step expands on its device; False (the default) gives today's float32 samples. `deferred`
+    (with `compact`, on a GPU run) leaves the resize and colour jitter to the device too (misc/device_augment.py):
+    a sample then carries the decoded image and its draws."""
 
     compact = False
+    deferred = False
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -368,6 +371,41 @@ def augment_for_cam_uint8(img, rng: np.random.Generator, resize_long: Sequence[i
     return crops[0], np.asarray(box[:4], dtype=np.int64), visible
 
 
+def deferred_cam_sample(image, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
+                        mask: Optional[np.ndarray] = None, jitter: Optional[Sequence[float]] = None,
+                        prefix: str = 'img') -> tuple[dict, Optional[float]]:
+    """`augment_for_cam_uint8`'s draws on an (H, W, 3) uint8 array or RGB PIL image, with the rendering left
+    to the device: ({prefix_src (H, W, 3) uint8, prefix_recipe (12,), prefix_jitter (8,), prefix_valid (4,)},
+    visible share of the mask or None). `misc.device_augment.render_batch` of the three gives
+    `augment_for_cam_uint8`'s crop bit for bit."""
+    from PIL import Image
+    from misc.device_augment import encode_jitter, encode_recipe
+    from misc.pil_color import jitter_parameters
+    src = np.array(image) if isinstance(image, Image.Image) else np.ascontiguousarray(image)
+    height, width = src.shape[:2]
+    target_long = int(rng.integers(resize_long[0], resize_long[1] + 1))
+    scale = target_long / max(height, width)
+    size = (int(np.round(width * scale)), int(np.round(height * scale)))     # as imutils.pil_rescale
+    if size == (width, height):
+        size = (width, height)
+    flip = rng.random() > 0.5                                                 # imutils.random_lr_flip
+    order, factors = jitter_parameters(rng, jitter) if jitter is not None and any(jitter) else ((), ())
+    box = imutils.random_crop_box(size[::-1], crop_size, rng)
+    visible = None
+    if mask is not None:
+        resized = Image.fromarray(mask.astype(np.uint8))
+        if size != (width, height):
+            resized = resized.resize(size, resample=Image.NEAREST)
+        resized = np.asarray(resized)
+        if flip:
+            resized = resized[:, ::-1]
+        inside = int(resized[box[4]:box[5], box[6]:box[7]].sum())
+        visible = float(inside) / max(int(resized.sum()), 1)
+    return {f'{prefix}_src': torch.from_numpy(src), f'{prefix}_recipe': encode_recipe(size, flip, box, crop_size),
+            f'{prefix}_jitter': encode_jitter(order, factors),
+            f'{prefix}_valid': torch.tensor(box[:4], dtype=torch.int64)}, visible
+
+
 class ClassificationDataset(_EpochSeeded):
     """CAM training images: {'name', 'img' (3, crop, crop), 'label' (20,)}; compact: 'img' (crop, crop, 3)
     uint8 and 'img_valid' (4,)."""
@@ -392,7 +430,10 @@ class ClassificationDataset(_EpochSeeded):
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         out = {'name': self.ids[index], 'label': torch.from_numpy(self.labels[self.ids[index]])}
-        if self.compact:
+        if self.compact and self.deferred:
+            out.update(deferred_cam_sample(self.load_image(index), rng, self.resize_long, self.crop_size,
+                                           jitter=self.jitter)[0])
+        elif self.compact:
             img, valid, _ = augment_for_cam_uint8(self.load_image(index), rng, self.resize_long, self.crop_size,
                                                   jitter=self.jitter)
             out.update(img=torch.from_numpy(img), img_valid=torch.from_numpy(valid))
