@@ -158,7 +158,7 @@ def paste_object(background: np.ndarray, obj_img: np.ndarray, obj_mask: np.ndarr
         region[...] = mixed.astype(out.dtype)
         pasted[top:top + height, left:left + width] = alpha > 0.5
     else:
-        region[mask] = image[mask]
+        np.copyto(region, image, where=mask[..., None] if region.ndim == 3 else mask)   # region[mask] = image[mask]
         pasted[top:top + height, left:left + width] = mask
     return out, pasted
 

@@ -36,11 +36,10 @@ def encode_recipe(size: Sequence[int], flip: bool, box: Sequence[int], crop: int
 
 def encode_jitter(order: Sequence[int] = (), factors: Sequence[float] = ()) -> torch.Tensor:
     """(8,) float64 jitter row: the order of the applied adjustments (-1 padded), then their factors."""
-    row = torch.full((JITTER_LENGTH,), -1.0, dtype=torch.float64)
-    row[JITTER_LENGTH // 2:] = 0.0
-    for position, (adjustment, factor) in enumerate(zip(order, factors)):
-        row[position], row[JITTER_LENGTH // 2 + position] = float(adjustment), float(factor)
-    return row
+    half = JITTER_LENGTH // 2
+    order, factors = [float(i) for i in order], [float(f) for f in factors]
+    return torch.tensor(order + [-1.0] * (half - len(order)) + factors + [0.0] * (half - len(factors)),
+                        dtype=torch.float64)
 
 
 def decode_jitter(row: Optional[torch.Tensor]) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -88,3 +87,57 @@ def render_batch(sources: Sequence[torch.Tensor], recipes: torch.Tensor, jitters
     crops = [render_crop(src.to(device, non_blocking=True), recipe, None if jitters is None else jitters[i])
              for i, (src, recipe) in enumerate(zip(sources, recipes))]
     return torch.stack(crops)
+
+
+# ----------------------------------------------------------------------------- AffinityNet's labels from CRF maps
+
+def block_mean8(maps: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) float32 -> (C, H/8, W/8) means over aligned 8 x 8 blocks, summed in numpy's order for
+    `maps.reshape(C, h, 8, w, 8).mean(axis=(2, 4))` of a C-contiguous array with h, w >= 2 (its pairwise sum of
+    each 8-pixel row, ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), the 8 rows accumulated in order, then
+    / 64), so the same float32 bits on every device. With h or w of 1 numpy coalesces the axes and sums in
+    another order: such maps are refused."""
+    channels, height, width = maps.shape
+    if height % 8 or width % 8 or height < 16 or width < 16:
+        raise ValueError(f'block_mean8 needs sides that are multiples of 8, at least 16: got {height} x {width}')
+    x = maps.reshape(channels, height // 8, 8, width // 8, 8)
+    rows = ((x[..., 0] + x[..., 1]) + (x[..., 2] + x[..., 3])) + ((x[..., 4] + x[..., 5]) + (x[..., 6] + x[..., 7]))
+    total = rows[:, :, 0]
+    for k in range(1, 8):
+        total = total + rows[:, :, k]
+    return total / torch.full((1,), 64.0, dtype=maps.dtype, device=maps.device)
+
+
+def confident_label(la: torch.Tensor, ha: torch.Tensor) -> torch.Tensor:
+    """`voc12.aff_dataset.confident_label` in torch: block-averaged marginals (K + 1, h, w) -> (h, w) uint8."""
+    no_score = torch.maximum(la.max(dim=0).values, ha.max(dim=0).values) < 1e-5
+    la_idx, ha_idx = la.argmax(dim=0), ha.argmax(dim=0)          # the first maximum, as numpy's argmax
+    label = la_idx.to(torch.uint8)
+    label[la_idx == 0] = 255
+    label[ha_idx == 0] = 0
+    label[no_score] = 255
+    return label
+
+
+def crf_label_map(la: torch.Tensor, ha: torch.Tensor, recipe: Sequence[int]) -> torch.Tensor:
+    """The stored float16 marginals la, ha (K + 1, H, W) of one image and a label recipe (the crop box (8),
+    flip, crop) -> the (crop/8, crop/8) uint8 label map of `voc12.aff_dataset.CrfAffinityDataset`: the crop
+    (flipped) on a zero canvas, 8 x 8 block means, the confident label."""
+    box, flip, crop = [int(b) for b in recipe[:8]], bool(recipe[8]), int(recipe[9])
+    top, bottom, left, right = box[:4]
+    if flip:
+        left, right = crop - right, crop - left
+    maps = la.new_zeros((la.shape[0] + ha.shape[0], crop, crop), dtype=torch.float32)
+    for offset, stored in ((0, la), (la.shape[0], ha)):
+        region = stored[:, box[4]:box[5], box[6]:box[7]].to(torch.float32)
+        maps[offset:offset + stored.shape[0], top:bottom, left:right] = region.flip(2) if flip else region
+    pooled = block_mean8(maps)
+    return confident_label(pooled[:la.shape[0]], pooled[la.shape[0]:])
+
+
+def crf_label_maps(las: Sequence[torch.Tensor], has: Sequence[torch.Tensor], recipes: torch.Tensor,
+                   device: torch.device) -> torch.Tensor:
+    """(N, crop/8, crop/8) uint8 label maps on `device` of a collated batch's 'la_src', 'ha_src' lists and
+    (N, 10) 'label_recipe'."""
+    return torch.stack([crf_label_map(la.to(device, non_blocking=True), ha.to(device, non_blocking=True), recipe)
+                        for la, ha, recipe in zip(las, has, recipes.tolist())])

@@ -33,12 +33,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from misc.device_augment import render_batch
+from misc.device_augment import crf_label_maps, render_batch
 from misc.imutils import IMAGENET_MEAN, IMAGENET_STD
 
 PAIR_LABEL_KEYS = ('aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label')
 IMAGE_KEYS = ('img', 'aug_img')
-DEFERRED_SUFFIXES = ('_src', '_recipe', '_jitter')
+DEFERRED_SUFFIXES = ('_src', '_recipe', '_jitter')     # 'img_src', 'la_src', 'label_recipe', ...
 
 
 def collate(samples: Sequence[dict]) -> dict:
@@ -205,10 +205,13 @@ def to_device(batch: dict, device: torch.device, pair_labels: Optional[PairLabel
             valid = batch.get(f'{key}_valid')
             img = expand_image(img, None if valid is None else valid.to(device, non_blocking=True), normalise)
         out[key] = img
-    if 'pair_label_map' in batch:
+    label_map = batch.get('pair_label_map')
+    if label_map is None and 'la_src' in batch:          # AffinityNet's deferred sample: labels from its CRF maps
+        label_map = crf_label_maps(batch['la_src'], batch['ha_src'], batch['label_recipe'], device)
+    if label_map is not None:
         if pair_labels is None:
             raise ValueError('a batch with pair_label_map needs the pair_labels of its dataset')
-        out.update(zip(PAIR_LABEL_KEYS, pair_labels(batch['pair_label_map'].to(device, non_blocking=True))))
+        out.update(zip(PAIR_LABEL_KEYS, pair_labels(label_map.to(device, non_blocking=True))))
     else:
         for key in PAIR_LABEL_KEYS:
             if key in batch:

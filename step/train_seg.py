@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from misc import torchutils
+from misc import device_input, torchutils
 from misc.config import Config
 from misc.imutils import BadInputError
 from misc.progress import progress
 from net.deeplab import build_seg_network, input_is_bgr_mean
 from step import common, pipeline
-from voc12.seg_dataset import IterationSampler, SegTrainDataset
+from voc12.seg_dataset import IterationSampler, SegTrainDataset, render_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +178,11 @@ def train_iterations(model, loader, optimizer, scheduler, device: torch.device, 
         loss_sum = 0.0
         for k in range(accumulate):
             batch = next(chunks)
-            img = batch['img'].to(device, non_blocking=True)
-            labels = batch['label'].to(device, non_blocking=True)
+            if 'seg_src' in batch:               # deferred samples: the rescale and crop happen here
+                img, labels = render_deferred(batch, device, cfg.seg_crop_size, input_is_bgr_mean(cfg.seg_network))
+            else:
+                img = batch['img'].to(device, non_blocking=True)
+                labels = batch['label'].to(device, non_blocking=True)
             if cfg.channels_last and device.type == 'cuda':
                 img = img.contiguous(memory_format=torch.channels_last)
             sync = k == accumulate - 1 or not hasattr(model, 'no_sync')
@@ -254,8 +257,10 @@ def train(cfg: Config, stop_after: Optional[int] = None) -> dict:
                               input_is_bgr_mean(cfg.seg_network), cfg.seed)
     sampler = IterationSampler(len(dataset), cfg.seg_batch_size, cfg.seed, start, stop, torchutils.rank(), world,
                                cfg.seg_accumulate)
+    dataset.deferred = cfg.augment_on_device and device.type == 'cuda'
     loader = DataLoader(dataset, batch_size=sampler.chunk, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=device.type == 'cuda', worker_init_fn=torchutils.seed_worker)
+                        pin_memory=device.type == 'cuda', worker_init_fn=torchutils.seed_worker,
+                        collate_fn=device_input.collate if dataset.deferred else None)
     wrapped = torchutils.wrap_ddp(model, device)
 
     def on_iteration(done: int) -> None:

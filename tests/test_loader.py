@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 
 from misc import device_input, imutils
@@ -310,3 +311,67 @@ def test_epoch_is_shared_with_forked_workers(synthetic_voc, ids_labels):
     second = next(iter(loader))['img']
     assert dataset.epoch == 1 and not torch.equal(first, second)
     assert torch.equal(second, torch.stack([dataset[i]['img'] for i in range(4)]))
+
+
+# ----------------------------------------------------------------------------- the segmentation network's samples
+
+@pytest.mark.parametrize('bgr_mean, crop', [(True, 96), (False, 96), (True, 40)], ids=['bgr-pad', 'imagenet-pad',
+                                                                                       'bgr-inside'])
+def test_deferred_seg_samples_equal_todays(synthetic_voc, ids_labels, bgr_mean, crop):
+    """The segmentation network's deferred samples (OpenCV's float bilinear rescale of the crop's window on the
+    device, misc.cv_resize) against `augment_for_seg`: the labels identical, the input within cv_resize's
+    stated tolerance (0 on the CPUs it was measured on)."""
+    from misc.cv_resize import CV2_ATOL
+    from voc12.seg_dataset import SegTrainDataset, render_deferred
+    ids = ids_labels[0]
+    make = lambda: SegTrainDataset(ids, synthetic_voc, synthetic_voc / 'SegmentationClass', crop,  # noqa: E731
+                                   (0.5, 0.75, 1.0, 1.25, 1.5), bgr_mean, seed=3)
+    today, deferred = make(), make()
+    deferred.deferred = True
+    for key in [(index, iteration, slot) for index in range(len(ids)) for iteration, slot in ((0, 0), (7, 3))]:
+        old, new = today[key], deferred[key]
+        assert 'img' not in new and new['seg_src'].dtype == torch.uint8
+        batch = device_input.collate([new])
+        img, label = render_deferred(batch, CPU, crop, bgr_mean)
+        assert torch.equal(label[0], old['label']), key
+        assert img[0].shape == old['img'].shape and float((img[0] - old['img']).abs().max()) <= CV2_ATOL, key
+
+
+def test_nearest_label_indices_are_pils_in_two_dimensions():
+    """PIL's nearest resize is separable: the per-axis source positions reproduce it on random sizes."""
+    _nearest_indices = imutils.pil_nearest_indices
+    rng = np.random.default_rng(6)
+    for _ in range(60):
+        height, width, out_h, out_w = (int(v) for v in rng.integers(1, 300, 4))
+        label = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(label).resize((out_w, out_h), Image.NEAREST))
+        got = label[_nearest_indices(height, out_h)][:, _nearest_indices(width, out_w)]
+        assert np.array_equal(got, expected), (height, width, out_h, out_w)
+
+
+def test_fast_rgb_reader_gives_read_rgbs_pixels(tmp_path):
+    """OpenCV's decode of RGB JPEGs (the deferred samples') equals Pillow's on every kind of JPEG the
+    encoders write; grayscale JPEGs, PNGs and EXIF-rotated files take read_rgb's own conversions."""
+    import io
+    rng = np.random.default_rng(7)
+    base = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(base).resize((157, 211), Image.BICUBIC)
+    variants = [dict(quality=75), dict(quality=95, subsampling=0), dict(quality=90, subsampling=1),
+                dict(quality=50, progressive=True), dict(quality=85, optimize=True)]
+    paths = []
+    for i, options in enumerate(variants):
+        paths.append(tmp_path / f'rgb{i}.jpg')
+        image.save(paths[-1], 'JPEG', **options)
+    paths.append(tmp_path / 'gray.jpg')
+    image.convert('L').save(paths[-1], 'JPEG')
+    paths.append(tmp_path / 'plain.png')
+    image.save(paths[-1])
+    exif = Image.Exif()
+    exif[0x0112] = 6                                      # rotate 90: Pillow (and read_rgb) ignore it
+    paths.append(tmp_path / 'rotated.jpg')
+    image.save(paths[-1], 'JPEG', exif=exif.tobytes())
+    for path in paths:
+        assert np.array_equal(imutils.read_rgb_fast(path), imutils.read_rgb(path)), path.name
+    (tmp_path / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
+    with pytest.raises(imutils.BadInputError, match='broken.jpg'):
+        imutils.read_rgb_fast(tmp_path / 'broken.jpg')

@@ -96,3 +96,24 @@ def test_render_crop_equals_the_pil_pipeline(device):
             Image.Transpose.FLIP_LEFT_RIGHT))
         recipe = encode_recipe(img.shape[1::-1], True, mirrored_box(box, img.shape[1], crop), crop).tolist()
         assert np.array_equal(render_crop(torch.from_numpy(img).to(device), recipe).cpu().numpy(), expected)
+
+
+def test_block_mean8_and_confident_label_equal_numpys():
+    """The device's 8 x 8 block means sum in numpy's order: equal bits on random marginals (float16 values,
+    zero padding), and the confident label from them equal to aff_dataset's."""
+    from misc.device_augment import block_mean8, confident_label
+    from voc12.aff_dataset import block_mean, confident_label as numpy_confident_label
+    rng = np.random.default_rng(5)
+    for case in range(40):
+        channels, side = int(rng.integers(1, 8)), 8 * int(rng.integers(2, 40))
+        maps = rng.random((2 * channels, side, side)).astype(np.float16).astype(np.float32)
+        maps[:, :int(rng.integers(0, side))] = 0                         # a crop's padding
+        if case % 4 == 0:
+            maps *= np.float32(1000)
+        pooled = block_mean(maps)
+        got = block_mean8(torch.from_numpy(maps))
+        assert np.array_equal(got.numpy(), pooled), (channels, side)
+        label = confident_label(got[:channels], got[channels:]).numpy()
+        assert np.array_equal(label, numpy_confident_label(pooled[:channels], pooled[channels:]))
+    with pytest.raises(ValueError, match='at least 16'):
+        block_mean8(torch.zeros(2, 8, 8))

@@ -81,7 +81,7 @@ class CrfAffinityDataset(_EpochSeeded):
         rng = self.rng(index)
         image_id = self.ids[index]
         if self.compact and self.deferred:
-            image = imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg')
+            image = imutils.read_rgb_fast(self.root / IMG_DIR / f'{image_id}.jpg')      # (H, W, 3) uint8
             order, factors = jitter_parameters(rng, COLOR_JITTER)       # color_jitter_image's draws
         elif self.compact:
             image = color_jitter_image(imutils.read_rgb_image(self.root / IMG_DIR / f'{image_id}.jpg'), rng,
@@ -89,17 +89,23 @@ class CrfAffinityDataset(_EpochSeeded):
         else:
             image = color_jitter(imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg'), rng, COLOR_JITTER)
         la, ha = load_crf_maps(self.crf_dir / f'{image_id}.npz', None if self.compact else np.float32)
-        size = image.size[::-1] if self.compact else image.shape[:2]
+        size = image.size[::-1] if self.compact and not self.deferred else image.shape[:2]
         if la.shape[1:] != size:
             raise imutils.BadInputError(f'{self.crf_dir / image_id}.npz: CRF maps are {la.shape[1:]} but the image '
                                         f'is {tuple(size)}; rerun the la/ha step with --overwrite')
-        if self.compact:
+        if self.compact and self.deferred and self.crop_size >= 16:
+            box = imutils.random_crop_box(size, self.crop_size, rng)        # _crop_label's draws; the labels
+            flip = rng.random() > 0.5                                      # are made on the device
+            out = {'name': image_id, 'la_src': torch.from_numpy(la), 'ha_src': torch.from_numpy(ha),
+                   'label_recipe': torch.tensor([*box[:8], int(flip), self.crop_size], dtype=torch.int64)}
+        elif self.compact:
             box, flip, label = self._crop_label(la, ha, size, rng)
             out = {'name': image_id, 'pair_label_map': torch.from_numpy(label)}
+        if self.compact:
             if self.deferred:          # jitter, crop, flip the crop == flip, jitter, crop with the box mirrored
-                width = image.size[0]
-                out.update(img_src=torch.from_numpy(np.array(image)),
-                           img_recipe=encode_recipe(image.size, flip, mirrored_box(box, width, self.crop_size)
+                height, width = size
+                out.update(img_src=torch.from_numpy(image),
+                           img_recipe=encode_recipe((width, height), flip, mirrored_box(box, width, self.crop_size)
                                                     if flip else box, self.crop_size),
                            img_jitter=encode_jitter(order, factors))
             else:

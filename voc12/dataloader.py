@@ -392,15 +392,13 @@ def deferred_cam_sample(image, rng: np.random.Generator, resize_long: Sequence[i
     order, factors = jitter_parameters(rng, jitter) if jitter is not None and any(jitter) else ((), ())
     box = imutils.random_crop_box(size[::-1], crop_size, rng)
     visible = None
-    if mask is not None:
-        resized = Image.fromarray(mask.astype(np.uint8))
-        if size != (width, height):
-            resized = resized.resize(size, resample=Image.NEAREST)
-        resized = np.asarray(resized)
+    if mask is not None:        # PIL's nearest resize of the mask as one gather (misc.imutils.pil_nearest_indices)
+        resized = mask.astype(bool, copy=False)[np.ix_(imutils.pil_nearest_indices(height, size[1]),
+                                                       imutils.pil_nearest_indices(width, size[0]))]
         if flip:
             resized = resized[:, ::-1]
-        inside = int(resized[box[4]:box[5], box[6]:box[7]].sum())
-        visible = float(inside) / max(int(resized.sum()), 1)
+        inside = int(np.count_nonzero(resized[box[4]:box[5], box[6]:box[7]]))
+        visible = float(inside) / max(int(np.count_nonzero(resized)), 1)
     return {f'{prefix}_src': torch.from_numpy(src), f'{prefix}_recipe': encode_recipe(size, flip, box, crop_size),
             f'{prefix}_jitter': encode_jitter(order, factors),
             f'{prefix}_valid': torch.tensor(box[:4], dtype=torch.int64)}, visible
@@ -431,7 +429,8 @@ class ClassificationDataset(_EpochSeeded):
         rng = self.rng(index)
         out = {'name': self.ids[index], 'label': torch.from_numpy(self.labels[self.ids[index]])}
         if self.compact and self.deferred:
-            out.update(deferred_cam_sample(self.load_image(index), rng, self.resize_long, self.crop_size,
+            image = imutils.read_rgb_fast(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
+            out.update(deferred_cam_sample(image, rng, self.resize_long, self.crop_size,
                                            jitter=self.jitter)[0])
         elif self.compact:
             img, valid, _ = augment_for_cam_uint8(self.load_image(index), rng, self.resize_long, self.crop_size,

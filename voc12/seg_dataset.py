@@ -42,6 +42,55 @@ def to_network_input(img: np.ndarray, bgr_mean: bool) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
+def draw_seg_geometry(shape: Sequence[int], rng: np.random.Generator, crop: int, scales: Sequence[float],
+                      flip: bool = True) -> tuple[int, int, int, int, int]:
+    """`augment_for_seg`'s draws for an image of `shape` (H, W): (height, width, top, left, flip) of the rescaled,
+    padded, cropped, flipped image."""
+    scale = float(scales[int(rng.integers(len(scales)))])
+    height, width = int(shape[0] * scale), int(shape[1] * scale)
+    top = int(rng.integers(max(height, crop) - crop + 1))
+    left = int(rng.integers(max(width, crop) - crop + 1))
+    return height, width, top, left, int(bool(flip and rng.random() < 0.5))
+
+
+def render_seg_crop(src: torch.Tensor, label: torch.Tensor, recipe: Sequence[int], crop: int, bgr_mean: bool) \
+        -> tuple[torch.Tensor, torch.Tensor]:
+    """The device half of a deferred sample: src (H, W, 3) and label (H, W) uint8 on the device with
+    `draw_seg_geometry`'s recipe -> `augment_for_seg`'s ((3, crop, crop) float32 network input, (crop, crop)
+    int64 labels): OpenCV's float bilinear resize of the crop's window only (misc.cv_resize), PIL's nearest
+    for the labels, the mean colour and IGNORE where the crop passes the image, the flip, then
+    `to_network_input`'s float32 operations in its order."""
+    from misc.cv_resize import resize_linear
+    height, width, top, left, flipped = (int(v) for v in recipe)
+    rows, cols = min(crop, height - top), min(crop, width - left)
+    window = resize_linear(src, height, width, slice(top, top + rows), slice(left, left + cols))   # (rows, cols, 3)
+    mean = torch.as_tensor(input_mean_rgb(bgr_mean), device=src.device)
+    canvas = mean.expand(crop, crop, 3).clone()
+    canvas[:rows, :cols] = window
+    source_rows = torch.tensor(imutils.pil_nearest_indices(label.shape[0], height)[top:top + rows], device=src.device)
+    source_cols = torch.tensor(imutils.pil_nearest_indices(label.shape[1], width)[left:left + cols], device=src.device)
+    labels = torch.full((crop, crop), IGNORE, dtype=torch.int64, device=src.device)
+    labels[:rows, :cols] = label.index_select(0, source_rows).index_select(1, source_cols)
+    if flipped:
+        canvas, labels = canvas.flip(1), labels.flip(1)
+    if bgr_mean:
+        out = canvas.flip(2) - mean.flip(0)
+    else:
+        out = (canvas / torch.full((1,), 255.0, device=src.device)
+               - torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=src.device)) \
+            / torch.tensor(IMAGENET_STD, dtype=torch.float32, device=src.device)
+    return out.permute(2, 0, 1).contiguous(), labels
+
+
+def render_deferred(batch: dict, device: torch.device, crop: int, bgr_mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, 3, crop, crop) float32 network inputs, (N, crop, crop) int64 labels) on `device` of a collated
+    deferred batch ('seg_src', 'seg_label_src' lists, 'seg_recipe' (N, 5))."""
+    pairs = [render_seg_crop(src.to(device, non_blocking=True), label.to(device, non_blocking=True), recipe, crop,
+                             bgr_mean)
+             for src, label, recipe in zip(batch['seg_src'], batch['seg_label_src'], batch['seg_recipe'].tolist())]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
 def augment_for_seg(img: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int,
                     scales: Sequence[float], bgr_mean: bool, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """img (H, W, 3) uint8 RGB, label (H, W) uint8 -> ((3, crop, crop) float32 network input, (crop, crop)
@@ -68,7 +117,11 @@ class SegTrainDataset(Dataset):
     """Training crops of `ids` with their label maps from `label_dir/<id>.png` (pseudo masks, or the ground
     truth for the fully supervised bound). Items are requested as (index, iteration, slot) by `IterationSampler`;
     each sample's randomness comes from default_rng((seed, iteration, slot)).
-    -> {'name', 'img' (3, crop, crop) float32, 'label' (crop, crop) int64}."""
+    -> {'name', 'img' (3, crop, crop) float32, 'label' (crop, crop) int64}. `deferred` (a GPU run): the decoded
+    'seg_src' (H, W, 3) and 'seg_label_src' (H, W) uint8 with the draws 'seg_recipe' (5,), from which
+    `render_deferred` makes both on the device."""
+
+    deferred = False
 
     def __init__(self, ids: Sequence[str], root: Path, label_dir: Path, crop: int, scales: Sequence[float],
                  bgr_mean: bool, seed: int = 0):
@@ -81,12 +134,17 @@ class SegTrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         index, iteration, slot = key
         image_id = self.ids[index]
-        img = imutils.read_rgb(self.root / IMG_DIR / f'{image_id}.jpg')
+        path = self.root / IMG_DIR / f'{image_id}.jpg'
+        img = imutils.read_rgb_fast(path) if self.deferred else imutils.read_rgb(path)
         label = imutils.read_label_png(self.label_dir / f'{image_id}.png')
         if label.shape != img.shape[:2]:
             raise imutils.BadInputError(f'{self.label_dir / image_id}.png: label map {label.shape} differs from '
                                         f'its image {img.shape[:2]}; remake it (--overwrite)')
         rng = np.random.default_rng((self.seed, iteration, slot))
+        if self.deferred:
+            recipe = draw_seg_geometry(label.shape, rng, self.crop, self.scales)
+            return {'name': image_id, 'seg_src': torch.from_numpy(img), 'seg_label_src': torch.from_numpy(label),
+                    'seg_recipe': torch.tensor(recipe)}
         x, y = augment_for_seg(img, label, rng, self.crop, self.scales, self.bgr_mean)
         return {'name': image_id, 'img': torch.from_numpy(x), 'label': torch.from_numpy(y)}
 
