@@ -24,15 +24,17 @@ bank is built by `step.make_object_bank.run` from the synthetic ground truth.
 Target: a CDA sample costs at most 2.5x a baseline sample.
 
 Loader (`--loader`, on its own): the CPU cost of one training sample at paper size (375x500 images) of
-each training dataset, today's path (float32 samples normalised in the worker, pair labels as float32
-(P, S) tensors) against the compact one (uint8 samples kept in PIL until their crop, normalised and
-paired on the device by `misc.device_input.to_device`; see docs/performance_loader.md): `__getitem__`
-plus its share of the collate, as a DataLoader worker does them, with OpenCV and torch on one thread,
-warm caches, both paths alternating round by round, best of `--loader-rounds`. Each line gives the
-dataset, `per sample`, both costs in ms and their ratio; `expand` is the device-side work of the compact
-batch measured here on the CPU (the main process's work in a CPU run; on a GPU a few kernels). Every
-compact sample is checked against today's one (bit-identical; seg: within the stated tolerance). Below
-3x, the compact path's measured breakdown (cProfile buckets) is printed.
+each training dataset, three paths side by side: today's (float32 samples normalised in the worker, pair
+labels as float32 (P, S) tensors), the new one, what a GPU run's workers do (deferred samples: the decode
+and the draws, the device rendering the crop bit for bit; irn: compact), and the compact one, what a CPU
+run's workers do (uint8 samples kept in PIL until their crop); see docs/performance_loader.md.
+`__getitem__` plus its share of the collate, as a DataLoader worker does them, with OpenCV and torch on one
+thread, warm caches, the paths alternating round by round, best of `--loader-rounds`. Each line gives the
+dataset, `per sample`, today's and the new cost in ms and their ratio, then the compact one; "device work on
+the cpu" is the rendering and expansion of those batches measured here on the CPU (on a GPU a few kernels
+a sample). Every sample of both other paths is checked against today's (bit-identical; seg: within
+misc.cv_resize's stated tolerance, 0 on the CPUs it was measured on). Below 3x, the new path's measured
+breakdown (cProfile buckets) is printed.
 
   cam   ClassificationDataset, crop 512, long side 320-640 (IRNet's CAM)
   cda   CDAClassificationDataset, the same with the pasted image (rotate variant)
