@@ -16,11 +16,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from misc import imutils
 from misc.cda import VARIANTS, ObjectBank, paste_object
 from voc12.classes import CAT_LIST
-from voc12.dataloader import (IMG_DIR, ClassificationDataset, augment_for_cam, augment_for_cam_uint8,
-                              deferred_cam_sample)
+from voc12.dataloader import ClassificationDataset, augment_for_cam, augment_for_cam_uint8, deferred_cam_sample
 
 logger = logging.getLogger(__name__)
 _warned_no_class = False
@@ -71,8 +69,7 @@ class CDAClassificationDataset(ClassificationDataset):
         rng = self.rng(index)
         image_id = self.ids[index]
         label = self.labels[image_id]
-        original = self.load(index) if not (self.compact and self.deferred) else \
-            imutils.read_rgb_fast(self.root / IMG_DIR / f'{image_id}.jpg')
+        original = self.load_for_device(index) if self.compact and self.deferred else self.load(index)
         pasted_class = choose_paste_class(label, self.bank.classes, rng, self._context_filter(image_id))
         aug_label = label.copy()
         if pasted_class is None:

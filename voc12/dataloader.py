@@ -425,12 +425,15 @@ class ClassificationDataset(_EpochSeeded):
         """The image as an RGB PIL image (compact samples resize it in PIL)."""
         return imutils.read_rgb_image(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
 
+    def load_for_device(self, index: int) -> np.ndarray:
+        """The image as `load` gives it, decoded the faster way (deferred samples: imutils.read_rgb_fast)."""
+        return imutils.read_rgb_fast(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
+
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
         out = {'name': self.ids[index], 'label': torch.from_numpy(self.labels[self.ids[index]])}
         if self.compact and self.deferred:
-            image = imutils.read_rgb_fast(self.root / IMG_DIR / f'{self.ids[index]}.jpg')
-            out.update(deferred_cam_sample(image, rng, self.resize_long, self.crop_size,
+            out.update(deferred_cam_sample(self.load_for_device(index), rng, self.resize_long, self.crop_size,
                                            jitter=self.jitter)[0])
         elif self.compact:
             img, valid, _ = augment_for_cam_uint8(self.load_image(index), rng, self.resize_long, self.crop_size,
