@@ -35,7 +35,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.txt
   nproc; } 2>&1 | tee "$out/machine.txt"
 
 part cuda_tests 180 python -m pytest -q -rs tests/test_indexing.py tests/test_loader.py tests/test_pil_resample.py \
-    tests/test_pil_color.py -k cuda
+    tests/test_pil_color.py tests/test_cv_resize.py -k cuda
 part make_cam 100 python benchmarks/make_cam.py --device cuda
 part demo 240 python run_sample.py --work_dir "$work/demo" --device cuda --amp --channels_last \
     --num_workers "$workers"
