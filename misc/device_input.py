@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from misc.device_augment import crf_label_maps, render_batch
 from misc.imutils import IMAGENET_MEAN, IMAGENET_STD
@@ -44,7 +45,6 @@ DEFERRED_SUFFIXES = ('_src', '_recipe', '_jitter')     # 'img_src', 'la_src', 'l
 def collate(samples: Sequence[dict]) -> dict:
     """default_collate, except that deferred sources ('img_src', 'aug_img_src': images of different sizes)
     stay lists of tensors (the DataLoader pins each one)."""
-    from torch.utils.data import default_collate
     sources = [key for key in samples[0] if key.endswith('_src')]
     out = default_collate([{k: v for k, v in sample.items() if k not in sources} for sample in samples])
     out.update({key: [sample[key] for sample in samples] for key in sources})

@@ -94,6 +94,12 @@ def init_train_worker(worker_id: int) -> None:
     torchutils.seed_worker(worker_id)
 
 
+def augments_on_device(cfg: Config, device: torch.device) -> bool:
+    """Whether training samples are deferred: resized, jittered and cropped on `device` (a GPU, with
+    --augment_on_device) rather than in the loader workers (misc/device_augment.py)."""
+    return cfg.augment_on_device and device.type == 'cuda'
+
+
 def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=None, compact: bool = True) -> DataLoader:
     """Shuffled, drop-last batches; under torchrun each rank takes global_batch / world images, so the
     global batch (and the lr schedule) equal the single-process run's.
@@ -110,7 +116,7 @@ def train_loader(dataset: Dataset, global_batch: int, cfg: Config, collate_fn=No
         raise BadInputError(f'batch {global_batch} does not split over {world} processes; use a multiple')
     if compact and hasattr(dataset, 'compact'):
         dataset.compact = True
-        if hasattr(dataset, 'deferred') and cfg.augment_on_device and device_of(cfg).type == 'cuda':
+        if hasattr(dataset, 'deferred') and augments_on_device(cfg, device_of(cfg)):
             dataset.deferred = True           # resize and colour jitter on the GPU (misc/device_augment.py)
             collate_fn = collate_fn or device_input.collate
     if cfg.num_workers > 0:

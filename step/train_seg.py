@@ -257,7 +257,7 @@ def train(cfg: Config, stop_after: Optional[int] = None) -> dict:
                               input_is_bgr_mean(cfg.seg_network), cfg.seed)
     sampler = IterationSampler(len(dataset), cfg.seg_batch_size, cfg.seed, start, stop, torchutils.rank(), world,
                                cfg.seg_accumulate)
-    dataset.deferred = cfg.augment_on_device and device.type == 'cuda'
+    dataset.deferred = common.augments_on_device(cfg, device)
     loader = DataLoader(dataset, batch_size=sampler.chunk, sampler=sampler, num_workers=cfg.num_workers,
                         pin_memory=device.type == 'cuda', worker_init_fn=torchutils.seed_worker,
                         collate_fn=device_input.collate if dataset.deferred else None)

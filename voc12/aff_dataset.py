@@ -24,8 +24,8 @@ import torch
 from misc import imutils
 from misc.device_augment import encode_jitter, encode_recipe, mirrored_box
 from misc.device_input import PairLabels
-from misc.pil_color import jitter_parameters
 from misc.indexing import pair_indices
+from misc.pil_color import jitter_parameters
 from voc12.dataloader import IMG_DIR, GetAffinityLabelFromIndices, _EpochSeeded, color_jitter, color_jitter_image
 
 COLOR_JITTER = (0.3, 0.3, 0.3, 0.1)     # brightness, contrast, saturation, hue
@@ -93,15 +93,14 @@ class CrfAffinityDataset(_EpochSeeded):
         if la.shape[1:] != size:
             raise imutils.BadInputError(f'{self.crf_dir / image_id}.npz: CRF maps are {la.shape[1:]} but the image '
                                         f'is {tuple(size)}; rerun the la/ha step with --overwrite')
-        if self.compact and self.deferred and self.crop_size >= 16:
-            box = imutils.random_crop_box(size, self.crop_size, rng)        # _crop_label's draws; the labels
-            flip = rng.random() > 0.5                                      # are made on the device
-            out = {'name': image_id, 'la_src': torch.from_numpy(la), 'ha_src': torch.from_numpy(ha),
-                   'label_recipe': torch.tensor([*box[:8], int(flip), self.crop_size], dtype=torch.int64)}
-        elif self.compact:
-            box, flip, label = self._crop_label(la, ha, size, rng)
-            out = {'name': image_id, 'pair_label_map': torch.from_numpy(label)}
         if self.compact:
+            box = imutils.random_crop_box(size, self.crop_size, rng)       # the old path's draws: box, then flip
+            flip = bool(rng.random() > 0.5)                                # imutils.random_lr_flip
+            if self.deferred and self.crop_size >= 16:                     # the labels are made on the device
+                out = {'name': image_id, 'la_src': torch.from_numpy(la), 'ha_src': torch.from_numpy(ha),
+                       'label_recipe': torch.tensor([*box[:8], int(flip), self.crop_size], dtype=torch.int64)}
+            else:
+                out = {'name': image_id, 'pair_label_map': torch.from_numpy(self._crop_label(la, ha, box, flip))}
             if self.deferred:          # jitter, crop, flip the crop == flip, jitter, crop with the box mirrored
                 height, width = size
                 out.update(img_src=torch.from_numpy(image),
@@ -120,12 +119,9 @@ class CrfAffinityDataset(_EpochSeeded):
         return {'name': image_id, 'img': torch.from_numpy(imutils.hwc_to_chw(img)),
                 'aff_bg_pos_label': bg_pos, 'aff_fg_pos_label': fg_pos, 'aff_neg_label': neg}
 
-    def _crop_label(self, la: np.ndarray, ha: np.ndarray, size: Sequence[int], rng: np.random.Generator) \
-            -> tuple[tuple[int, ...], bool, np.ndarray]:
-        """The old path's draws (crop box, then flip) and the (crop/8, crop/8) label map of the stored marginals."""
+    def _crop_label(self, la: np.ndarray, ha: np.ndarray, box: Sequence[int], flip: bool) -> np.ndarray:
+        """The (crop/8, crop/8) label map of the stored marginals under the crop box and flip."""
         crop = self.crop_size
-        box = imutils.random_crop_box(size, crop, rng)
-        flip = rng.random() > 0.5                                              # imutils.random_lr_flip
         top, bottom, left, right = box[:4]
         if flip:                       # the flipped canvas: the crop lands mirrored, its columns reversed
             left, right = crop - right, crop - left
@@ -134,7 +130,7 @@ class CrfAffinityDataset(_EpochSeeded):
             region = stored[:, box[4]:box[5], box[6]:box[7]]
             maps[offset:offset + len(stored), top:bottom, left:right] = region[:, :, ::-1] if flip else region
         pooled = block_mean(maps)
-        return box, flip, confident_label(pooled[:len(la)], pooled[len(la):])
+        return confident_label(pooled[:len(la)], pooled[len(la):])
 
     def _crop_image(self, image, box: Sequence[int], flip: bool) -> np.ndarray:
         """The jittered PIL image's (crop, crop, 3) uint8 crop (raw 0 padding, as apply_crop), flipped."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,9 +20,11 @@ import torch
 from torch.utils.data import Dataset
 
 from misc import imutils
+from misc.device_augment import encode_jitter, encode_recipe
 from misc.device_input import PairLabels
 from misc.indexing import pair_indices
 from misc.imutils import BadInputError
+from misc.pil_color import jitter_parameters
 from voc12.classes import CAT_LIST, CAT_NAME_TO_NUM, N_CAT
 
 logger = logging.getLogger(__name__)
@@ -305,17 +308,34 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: Sequence[f
 
 
 def color_jitter_image(image, rng: np.random.Generator, strength: Sequence[float]):
-    """`color_jitter` on an RGB PIL image (the same draws), returning a PIL image."""
+    """`color_jitter` on an RGB PIL image (the same draws, `misc.pil_color.jitter_parameters`), returning a PIL
+    image."""
     import torchvision.transforms.functional as TF
-    brightness, contrast, saturation, hue = strength
-    order = rng.permutation(4)
-    factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in (brightness, contrast, saturation)]
-    factors.append(rng.uniform(-hue, hue))
     adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    for i in order:
-        if (i < 3 and strength[i] > 0) or (i == 3 and hue > 0):
-            image = adjust[i](image, factors[i])
+    for i, factor in zip(*jitter_parameters(rng, strength)):
+        image = adjust[i](image, factor)
     return image
+
+
+@dataclass(frozen=True)
+class CamCropDraws:
+    """The random draws of one CAM training crop, in the reference's order: the long side (-> `size`, the
+    resized (width, height)), the flip, the colour jitter's (order, factors), the crop box of the resized image."""
+    size: tuple[int, int]
+    flip: bool
+    jitter: tuple[tuple[int, ...], tuple[float, ...]]
+    box: tuple[int, ...]
+
+
+def draw_cam_crop(width: int, height: int, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
+                  jitter: Optional[Sequence[float]] = None) -> CamCropDraws:
+    """`augment_for_cam`'s draws for a (height, width) image."""
+    target_long = int(rng.integers(resize_long[0], resize_long[1] + 1))
+    scale = target_long / max(height, width)
+    size = (int(np.round(width * scale)), int(np.round(height * scale)))     # as imutils.pil_rescale
+    flip = bool(rng.random() > 0.5)                                           # imutils.random_lr_flip
+    params = jitter_parameters(rng, jitter) if jitter is not None and any(jitter) else ((), ())
+    return CamCropDraws(size, flip, params, imutils.random_crop_box(size[::-1], crop_size, rng))
 
 
 def augment_for_cam(img: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
@@ -350,57 +370,47 @@ def augment_for_cam_uint8(img, rng: np.random.Generator, resize_long: Sequence[i
     crop, 3) uint8 padded with 0, valid (4,) int64 (top, bottom, left, right) rectangle of image pixels in
     it, visible share of the mask or None). `misc.device_input.expand_image` of the first two equals
     `augment_for_cam`'s image bit for bit."""
+    import torchvision.transforms.functional as TF
     from PIL import Image
     image = img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
-    target_long = int(rng.integers(resize_long[0], resize_long[1] + 1))
-    width, height = image.size
-    scale = target_long / max(height, width)
-    size = (int(np.round(width * scale)), int(np.round(height * scale)))     # as imutils.pil_rescale
+    draws = draw_cam_crop(*image.size, rng, resize_long, crop_size, jitter)
     images = [image] if mask is None else [image, Image.fromarray(mask.astype(np.uint8))]
-    if size != (width, height):
-        images = [im.resize(size, resample=Image.BICUBIC if i == 0 else Image.NEAREST)
+    if draws.size != image.size:
+        images = [im.resize(draws.size, resample=Image.BICUBIC if i == 0 else Image.NEAREST)
                   for i, im in enumerate(images)]
-    if rng.random() > 0.5:                                                    # imutils.random_lr_flip
+    if draws.flip:
         images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
-    if jitter is not None and any(jitter):
-        images[0] = color_jitter_image(images[0], rng, jitter)
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i, factor in zip(*draws.jitter):
+        images[0] = adjust[i](images[0], factor)
     resized_count = int(np.asarray(images[1]).sum()) if mask is not None else 0
-    box = imutils.random_crop_box(images[0].size[::-1], crop_size, rng)
-    crops = [np.array(imutils.pil_crop(im, box, crop_size)) for im in images]
+    crops = [np.array(imutils.pil_crop(im, draws.box, crop_size)) for im in images]
     visible = None if mask is None else float(crops[1].sum()) / max(resized_count, 1)
-    return crops[0], np.asarray(box[:4], dtype=np.int64), visible
+    return crops[0], np.asarray(draws.box[:4], dtype=np.int64), visible
 
 
-def deferred_cam_sample(image, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
+def deferred_cam_sample(image: np.ndarray, rng: np.random.Generator, resize_long: Sequence[int], crop_size: int,
                         mask: Optional[np.ndarray] = None, jitter: Optional[Sequence[float]] = None,
                         prefix: str = 'img') -> tuple[dict, Optional[float]]:
-    """`augment_for_cam_uint8`'s draws on an (H, W, 3) uint8 array or RGB PIL image, with the rendering left
-    to the device: ({prefix_src (H, W, 3) uint8, prefix_recipe (12,), prefix_jitter (8,), prefix_valid (4,)},
-    visible share of the mask or None). `misc.device_augment.render_batch` of the three gives
-    `augment_for_cam_uint8`'s crop bit for bit."""
-    from PIL import Image
-    from misc.device_augment import encode_jitter, encode_recipe
-    from misc.pil_color import jitter_parameters
-    src = np.array(image) if isinstance(image, Image.Image) else np.ascontiguousarray(image)
+    """`augment_for_cam_uint8`'s draws on an (H, W, 3) uint8 array, with the rendering left to the device:
+    ({prefix_src (H, W, 3) uint8, prefix_recipe (12,), prefix_jitter (8,), prefix_valid (4,)}, visible share of
+    the mask or None). `misc.device_augment.render_batch` of the three gives `augment_for_cam_uint8`'s crop bit
+    for bit."""
+    src = np.ascontiguousarray(image)
     height, width = src.shape[:2]
-    target_long = int(rng.integers(resize_long[0], resize_long[1] + 1))
-    scale = target_long / max(height, width)
-    size = (int(np.round(width * scale)), int(np.round(height * scale)))     # as imutils.pil_rescale
-    if size == (width, height):
-        size = (width, height)
-    flip = rng.random() > 0.5                                                 # imutils.random_lr_flip
-    order, factors = jitter_parameters(rng, jitter) if jitter is not None and any(jitter) else ((), ())
-    box = imutils.random_crop_box(size[::-1], crop_size, rng)
+    draws = draw_cam_crop(width, height, rng, resize_long, crop_size, jitter)
+    box = draws.box
     visible = None
     if mask is not None:        # PIL's nearest resize of the mask as one gather (misc.imutils.pil_nearest_indices)
-        resized = mask.astype(bool, copy=False)[np.ix_(imutils.pil_nearest_indices(height, size[1]),
-                                                       imutils.pil_nearest_indices(width, size[0]))]
-        if flip:
+        resized = mask.astype(bool, copy=False)[np.ix_(imutils.pil_nearest_indices(height, draws.size[1]),
+                                                       imutils.pil_nearest_indices(width, draws.size[0]))]
+        if draws.flip:
             resized = resized[:, ::-1]
         inside = int(np.count_nonzero(resized[box[4]:box[5], box[6]:box[7]]))
         visible = float(inside) / max(int(np.count_nonzero(resized)), 1)
-    return {f'{prefix}_src': torch.from_numpy(src), f'{prefix}_recipe': encode_recipe(size, flip, box, crop_size),
-            f'{prefix}_jitter': encode_jitter(order, factors),
+    return {f'{prefix}_src': torch.from_numpy(src),
+            f'{prefix}_recipe': encode_recipe(draws.size, draws.flip, box, crop_size),
+            f'{prefix}_jitter': encode_jitter(*draws.jitter),
             f'{prefix}_valid': torch.tensor(box[:4], dtype=torch.int64)}, visible
 
 

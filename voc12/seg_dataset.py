@@ -18,6 +18,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from misc import imutils
+from misc.cv_resize import resize_linear
+from misc.device_input import imagenet_normalise, mean_subtract
 from misc.imutils import IMAGENET_MEAN, IMAGENET_STD
 from voc12.classes import IGNORE
 
@@ -60,7 +62,6 @@ def render_seg_crop(src: torch.Tensor, label: torch.Tensor, recipe: Sequence[int
     int64 labels): OpenCV's float bilinear resize of the crop's window only (misc.cv_resize), PIL's nearest
     for the labels, the mean colour and IGNORE where the crop passes the image, the flip, then
     `to_network_input`'s float32 operations in its order."""
-    from misc.cv_resize import resize_linear
     height, width, top, left, flipped = (int(v) for v in recipe)
     rows, cols = min(crop, height - top), min(crop, width - left)
     window = resize_linear(src, height, width, slice(top, top + rows), slice(left, left + cols))   # (rows, cols, 3)
@@ -73,13 +74,12 @@ def render_seg_crop(src: torch.Tensor, label: torch.Tensor, recipe: Sequence[int
     labels[:rows, :cols] = label.index_select(0, source_rows).index_select(1, source_cols)
     if flipped:
         canvas, labels = canvas.flip(1), labels.flip(1)
+    chw = canvas.permute(2, 0, 1)[None]                                      # (1, 3, crop, crop) RGB
     if bgr_mean:
-        out = canvas.flip(2) - mean.flip(0)
+        out = mean_subtract(SEG_MEAN_BGR)(chw.flip(1))
     else:
-        out = (canvas / torch.full((1,), 255.0, device=src.device)
-               - torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=src.device)) \
-            / torch.tensor(IMAGENET_STD, dtype=torch.float32, device=src.device)
-    return out.permute(2, 0, 1).contiguous(), labels
+        out = imagenet_normalise(chw)
+    return out[0].contiguous(), labels
 
 
 def render_deferred(batch: dict, device: torch.device, crop: int, bgr_mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
