@@ -97,7 +97,9 @@ def test_no_scene_labels_no_shift_split(tmp_path: Path) -> None:
 
 
 def test_config_n_shift_per_profile() -> None:
-    assert parse_config(['--profile', 'demo']).synthetic_n_shift == 100
+    assert parse_config(['--profile', 'demo']).synthetic_n_shift == 50            # IRNet's demo (methods/irn.py)
+    assert parse_config(['--profile', 'demo', '--method', 'affinitynet']).synthetic_n_shift == 100
+    assert parse_config(['--profile', 'demo', '--dataset', 'coco14']).synthetic_n_shift == 0
     assert parse_config(['--profile', 'smoke']).synthetic_n_shift == 4
     assert parse_config(['--profile', 'paper']).synthetic_n_shift == 0
     assert parse_config(['--profile', 'smoke', '--n_shift', '7']).synthetic_n_shift == 7
