@@ -274,10 +274,10 @@ DATASET_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # A from-scratch classifier needs a dozen images a class: 480 over 80 classes left the CAMs at 0.9 mIoU,
         # over 40 at 2.9. The loss averages over all 80 outputs, so each class's gradient is a quarter of VOC's:
         # lr 0.4 (4 x 0.1) made the 40-class CAMs 25.8 (docs/coco.md, "The demo")
-        # CAM epochs, val interval and IRN crop as measured there, not the VOC IRNet demo's (methods/irn.py); like
-        # the lr, they reach the other methods on COCO too, whose demos are not tuned for it
+        # CAM batch and IRN crop and epochs as measured there, not the VOC IRNet demo's (methods/irn.py); like the
+        # lr, the batch reaches the other methods on COCO too (theirs is 16 as well)
         'demo': dict(synthetic_n_train=480, synthetic_n_val=120, synthetic_n_shift=0, synthetic_n_classes=40,
-                     cam_learning_rate=0.4, cam_num_epoches=8, cam_val_interval=8, irn_crop_size=128),
+                     cam_learning_rate=0.4, cam_batch_size=16, irn_crop_size=128, irn_num_epoches=4),
         'smoke': dict(synthetic_n_train=24, synthetic_n_val=8, synthetic_n_shift=0),
     },
 }

@@ -160,7 +160,8 @@ def test_profile_defaults(tmp_path: Path) -> None:
     demo = parse_config([])
     assert demo.profile == 'demo' and demo.voc12_root is None
     assert demo.backbone == PROFILES['demo']['backbone'] == 'resnet18'
-    assert demo.cam_batch_size == PROFILES['demo']['cam_batch_size']
+    assert demo.cam_batch_size == 12 != PROFILES['demo']['cam_batch_size']     # IRNet's own (methods/irn.py)
+    assert parse_config(['--method', 'affinitynet']).cam_batch_size == PROFILES['demo']['cam_batch_size']
     assert demo.dataset_root == demo.work_dir / 'synthetic_voc'
 
     paper = parse_config(['--voc12_root', str(tmp_path)])

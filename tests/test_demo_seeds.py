@@ -27,7 +27,7 @@ def test_cam_epochs_of_a_table_run(demo_seeds):
     quick = [str(a) for a in demo_seeds.QUICK['seam']]
     assert demo_seeds.cam_epochs('seam', ['--method', 'seam', *quick]) == 4
     assert demo_seeds.cam_epochs('affinitynet', ['--cam_num_epoches', '6', '--cam_num_epoches', '3']) == 3
-    assert demo_seeds.cam_epochs('irn', []) == 10                         # the demo profile's own (methods/irn.py)
+    assert demo_seeds.cam_epochs('irn', []) == 8                          # the demo profile's own
     assert demo_seeds.cam_epochs('irn', ['--profile', 'demo', '--profile', 'smoke']) == 1
 
 
