@@ -35,10 +35,10 @@ the train list. Printed and written (<out>/results.md, results.json, after every
 the arms' means, and the paired differences arm - baseline and foreign - usual with mean, standard
 deviation and 95% Student-t interval over the seeds.
 
-Sizing. The full run is the demo profile itself (240 train / 50 shift images of 128 px, 10 CAM
-epochs, 4 IRN epochs of crop 96), the run a user sees, and 8 seeds. IRNet's table in docs/demo.md was
-measured with the profile before (300 / 100 images, 8 CAM epochs, IRN crop 128; the flags below
-repeat it). With paired differences the interval's half-width is t(n-1) * sd / sqrt(n), 0.84 sd at
+Sizing. The full run is the demo profile itself (240 train / 50 shift images of 128 px, 8 CAM
+epochs of batch 12, 3 IRN epochs of crop 96), the run a user sees, and 8 seeds. IRNet's table in
+docs/demo.md was measured with the profile before (300 / 100 images, CAM batch 16, 4 IRN epochs of crop
+128; the flags below repeat it). With paired differences the interval's half-width is t(n-1) * sd / sqrt(n), 0.84 sd at
 8 seeds against 1.24 sd at 5, so a 2-point difference is resolved when the paired spread stays under
 about 2.4 points; results.md prints the half-width each comparison reached, so the reader sees whether
 it did. The instance steps are skipped (they do not
@@ -49,7 +49,7 @@ CPU fallback for the ResNet-38 tables.
     python benchmarks/demo_seeds.py                          # 8 seeds, demo size (CPU: hours)
     # the README's table (one H100 machine: 8 minutes), with the profile it was measured with
     python benchmarks/demo_seeds.py --jobs 8 --device cuda --tune_seeds 100 101 102 103 104 105 106 107 \
-        --n_train 300 --n_shift 100 --cam_num_epoches 8 --cam_val_interval 8 --irn_crop_size 128
+        --n_train 300 --n_shift 100 --cam_batch_size 16 --irn_crop_size 128 --irn_num_epoches 4
     python benchmarks/demo_seeds.py --seeds 0 1 --quick      # the plumbing, smaller data
     python benchmarks/demo_seeds.py --method affinitynet --seeds 0 1 2 3 4 --quick --out runs/seeds_aff
 Any argument this script does not know is passed on to run_sample.py (e.g. --device cuda, --amp).
