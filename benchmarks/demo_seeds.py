@@ -37,14 +37,14 @@ deviation and 95% Student-t interval over the seeds.
 
 Sizing. The full run is the demo profile itself (240 train / 50 shift images of 128 px, 8 CAM
 epochs of batch 12, 3 IRN epochs of crop 96), the run a user sees, and 8 seeds. IRNet's table in
-docs/demo.md was measured with the profile before (300 / 100 images, CAM batch 16, 4 IRN epochs of crop
-128; the flags below repeat it). With paired differences the interval's half-width is t(n-1) * sd / sqrt(n), 0.84 sd at
-8 seeds against 1.24 sd at 5, so a 2-point difference is resolved when the paired spread stays under
-about 2.4 points; results.md prints the half-width each comparison reached, so the reader sees whether
-it did. The instance steps are skipped (they do not
-change the figures compared here). --quick (200 / 50 / 50 images; CAM 6 epochs and IRN 2 for irn,
-CAM 6 and AffinityNet 1 for affinitynet, CAM 4 and AffinityNet 2 for seam) checks the script, and is the
-CPU fallback for the ResNet-38 tables.
+docs/demo.md was measured with the profile before (300 / 100 images, CAM batch 16, 4 IRN epochs of
+crop 128; the flags below repeat it). With paired differences the interval's half-width is
+t(n-1) * sd / sqrt(n), 0.84 sd at 8 seeds against 1.24 sd at 5, so a 2-point difference is resolved
+when the paired spread stays under about 2.4 points; results.md prints the half-width each comparison
+reached, so the reader sees whether it did. The instance steps are skipped (they do not change the
+figures compared here). --quick (200 / 50 / 50 images; CAM 6 epochs and IRN 2 for irn, CAM 6 and
+AffinityNet 1 for affinitynet, CAM 4 and AffinityNet 2 for seam) checks the script, and is the CPU
+fallback for the ResNet-38 tables.
 
     python benchmarks/demo_seeds.py                          # 8 seeds, demo size (CPU: hours)
     # the README's table (one H100 machine: 8 minutes), with the profile it was measured with

@@ -162,6 +162,8 @@ def test_profile_defaults(tmp_path: Path) -> None:
     assert demo.backbone == PROFILES['demo']['backbone'] == 'resnet18'
     assert demo.cam_batch_size == 12 != PROFILES['demo']['cam_batch_size']     # IRNet's own (methods/irn.py)
     assert parse_config(['--method', 'affinitynet']).cam_batch_size == PROFILES['demo']['cam_batch_size']
+    coco = parse_config(['--dataset', 'coco14'])      # the COCO demo keeps what it was measured with
+    assert (coco.cam_batch_size, coco.irn_crop_size, coco.irn_num_epoches) == (16, 128, 4)
     assert demo.dataset_root == demo.work_dir / 'synthetic_voc'
 
     paper = parse_config(['--voc12_root', str(tmp_path)])
